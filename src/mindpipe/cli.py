@@ -1,0 +1,195 @@
+"""The ``mindpipe`` command. ``main(argv)`` is a plain function so tests can call it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mindpipe.exceptions import MindpipeError
+from mindpipe.params import BaseParams, load_params, parse_section
+from mindpipe.stages import STAGES
+
+logger = logging.getLogger("mindpipe")
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mindpipe",
+        description="Decode vision from fMRI: a DVC/MLflow/Kubeflow pipeline of declarative "
+        "stages. `mindpipe run` runs the whole DAG on the synthetic twin.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the main job: make sure data/ exists, then `dvc repro`")
+    run.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+
+    stage = sub.add_parser(
+        "stage",
+        help="run one pipeline stage (what dvc.yaml calls)",
+        description="Stages:\n" + "\n".join(f"  {s.name:<14} {s.description}" for s in STAGES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stage.add_argument("name", choices=[s.name for s in STAGES], metavar="NAME")
+    stage.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+
+    sub.add_parser("stages", help="list the registered stages and what each one reads")
+
+    compile_ = sub.add_parser("compile", help="regenerate dvc.yaml from the stage registry")
+    compile_.add_argument("--params", default="params.yaml")
+    compile_.add_argument(
+        "--check", action="store_true", help="exit 1 if dvc.yaml is out of date; write nothing"
+    )
+
+    twin = sub.add_parser("twin", help="the synthetic fMRI twin dataset")
+    twin_sub = twin.add_subparsers(dest="twin_command", required=True, metavar="ACTION")
+    gen = twin_sub.add_parser("generate", help="write the twin (BIDS-like) to a folder")
+    gen.add_argument("--profile", choices=["tiny", "default"], help="default: base.profile")
+    gen.add_argument("--seed", type=int, help="default: base.seed")
+    gen.add_argument("--out", help="default: base.data_dir")
+    gen.add_argument("--params", default="params.yaml")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        return COMMANDS[args.command](args)
+    except MindpipeError as exc:
+        print(f"mindpipe: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _base(params_path: str) -> BaseParams:
+    path = Path(params_path)
+    raw = load_params(path) if path.exists() else {}
+    return parse_section(BaseParams, raw.get("base"), "base")
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from mindpipe.runner import run_stage
+
+    metrics = run_stage(args.name, args.params)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    for s in STAGES:
+        reads = ", ".join(f"{k}<-{v}" for k, v in s.inputs.items())
+        print(f"{s.name:<14} {s.description}\n{'':<14} reads: {reads}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from mindpipe.dvcyaml import render
+
+    text = render(_base(args.params))
+    target = Path("dvc.yaml")
+    if args.check:
+        if not target.exists() or target.read_text() != text:
+            print("dvc.yaml is out of date with src/mindpipe/stages.py; run `mindpipe compile`")
+            return 1
+        print("dvc.yaml is up to date")
+        return 0
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+def cmd_twin(args: argparse.Namespace) -> int:
+    from mindpipe.twin import generate
+
+    base = _base(args.params)
+    out = Path(args.out or base.data_dir)
+    generate(
+        out,
+        profile=args.profile or base.profile,
+        seed=base.seed if args.seed is None else args.seed,
+    )
+    print(f"wrote the twin to {out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    base = _base(args.params)
+    ensure_data(base)
+    if subprocess.run([sys.executable, "-m", "dvc", "repro"]).returncode:
+        raise MindpipeError("`dvc repro` failed; the failing stage's error is printed above")
+    report = Path(base.artifacts_dir) / "evaluate" / "report.md"
+    if report.exists():
+        print(report.read_text())
+    print(
+        f"Outputs: {base.artifacts_dir}/<stage>/. Metrics: `dvc metrics show`. "
+        "Runs: `mlflow ui --backend-store-uri sqlite:///mlruns.db`."
+    )
+    return 0
+
+
+def ensure_data(base: BaseParams) -> None:
+    """Make data/ match params: pull it from a DVC remote, or (re)generate the twin.
+
+    A twin whose recorded profile/seed differ from base.profile/base.seed is regenerated, so
+    `dvc exp run -S base.profile=tiny` sees tiny data. Real data (no twin description) is
+    never touched.
+    """
+    data = Path(base.data_dir)
+    if data.exists():
+        recorded = _twin_description(data)
+        if recorded is None or recorded == (base.profile, base.seed):
+            return
+        logger.info(
+            "data/ holds twin %s; params ask for %s: regenerating",
+            recorded,
+            (base.profile, base.seed),
+        )
+    elif Path(f"{data}.dvc").exists() and _has_dvc_remote():
+        if subprocess.run([sys.executable, "-m", "dvc", "pull", f"{data}.dvc"]).returncode:
+            raise MindpipeError(f"`dvc pull {data}.dvc` failed; check the DVC remote")
+        return
+    from mindpipe.twin import generate
+
+    generate(data, profile=base.profile, seed=base.seed)
+
+
+def _twin_description(data: Path) -> tuple[str, int] | None:
+    desc = data / "dataset_description.json"
+    if not desc.exists():
+        return None
+    info = json.loads(desc.read_text())
+    if "profile" not in info:
+        return None
+    return info["profile"], int(info["seed"])
+
+
+def _has_dvc_remote() -> bool:
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "list"], capture_output=True, text=True
+    )
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "stage": cmd_stage,
+    "stages": cmd_stages,
+    "compile": cmd_compile,
+    "twin": cmd_twin,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Metrics, the oracle and the comparison report."""

@@ -1,0 +1,138 @@
+"""The ``evaluate`` stage: score every decoder the same way and compare them to the oracle."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mindpipe.evaluate.predictions import load_predictions
+from mindpipe.evaluate.retrieval import retrieval_top1
+from mindpipe.exceptions import DataError, ParamsError
+from mindpipe.params import BaseParams
+from mindpipe.utils import write_json
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = ("brain_to_image", "image_to_brain")
+TITLES = {"brain_to_image": "brain → image", "image_to_brain": "image → brain"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """``evaluate:`` section: MindEye2's protocol by default (30 batches of 300, seed 42)."""
+
+    retrieval_batch: int = 300
+    retrieval_repeats: int = 30
+    retrieval_seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.retrieval_batch < 2 or self.retrieval_repeats < 1:
+            raise ParamsError(
+                "evaluate.retrieval_batch must be >= 2 and evaluate.retrieval_repeats >= 1; "
+                f"got {self.retrieval_batch}, {self.retrieval_repeats}"
+            )
+
+
+def evaluate(
+    *,
+    baseline_dir: Path,
+    oracle_dir: Path,
+    out_dir: Path,
+    params: EvaluateParams,
+    base: BaseParams,
+) -> dict[str, float]:
+    """Retrieval for each decoder and subject, subject means, and ratios to the oracle."""
+    decoders = {"ridge": baseline_dir, "oracle": oracle_dir}
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name, folder in decoders.items():
+        predictions = load_predictions(folder)
+        if not predictions and name != "oracle":
+            raise DataError(f"decoder {name!r} wrote no predictions under '{folder}/predictions'")
+        results[name] = {
+            subject: retrieval_top1(
+                arrays["similarity"],
+                params.retrieval_batch,
+                params.retrieval_repeats,
+                params.retrieval_seed,
+            )
+            for subject, arrays in predictions.items()
+        }
+    metrics = _summarise(results)
+    write_json(out_dir / "results.json", results)
+    (out_dir / "report.md").write_text(_markdown(metrics, results))
+    _plot(results, out_dir / "plots" / "retrieval.png")
+    return metrics
+
+
+def _summarise(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name, per_subject in results.items():
+        if not per_subject:
+            continue
+        for direction in (*DIRECTIONS, "chance"):
+            values = [r[direction] for r in per_subject.values()]
+            metrics[f"{name}.{direction}"] = float(np.mean(values))
+        for subject, r in per_subject.items():
+            for direction in DIRECTIONS:
+                metrics[f"{name}.{subject}.{direction}"] = r[direction]
+    if results.get("oracle"):
+        for name in results:
+            if name == "oracle" or not results[name]:
+                continue
+            for direction in DIRECTIONS:
+                oracle = metrics[f"oracle.{direction}"]
+                metrics[f"{name}.oracle_ratio.{direction}"] = (
+                    metrics[f"{name}.{direction}"] / oracle if oracle > 0 else 0.0
+                )
+    return metrics
+
+
+def _markdown(metrics: dict[str, float], results: dict) -> str:
+    lines = [
+        "# Top-1 retrieval (fraction correct)",
+        "",
+        "| decoder | brain→image | image→brain | ratio to oracle (brain→image) | chance |",
+        "|---|---|---|---|---|",
+    ]
+    for name, per_subject in results.items():
+        if not per_subject:
+            continue
+        ratio = metrics.get(f"{name}.oracle_ratio.brain_to_image")
+        lines.append(
+            f"| {name} | {metrics[f'{name}.brain_to_image']:.3f} | "
+            f"{metrics[f'{name}.image_to_brain']:.3f} | "
+            f"{'—' if ratio is None else f'{ratio:.2f}'} | {metrics[f'{name}.chance']:.4f} |"
+        )
+    batch = next(iter(next(iter(results.values())).values()))["batch_size"]
+    lines += ["", f"Candidates per batch: {int(batch)}; means over subjects."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [n for n in results if results[n]]
+    subjects = sorted({s for n in names for s in results[n]})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    width = 0.8 / max(len(names), 1)
+    for ax, direction in zip(axes, DIRECTIONS, strict=True):
+        for k, name in enumerate(names):
+            values = [results[name].get(s, {}).get(direction, np.nan) for s in subjects]
+            ax.bar(np.arange(len(subjects)) + k * width, values, width, label=name)
+        chance = next(iter(results[names[0]].values()))["chance"]
+        ax.axhline(chance, color="k", linestyle="--", linewidth=1, label="chance")
+        ax.set_xticks(np.arange(len(subjects)) + width * (len(names) - 1) / 2, subjects)
+        ax.set_title(TITLES[direction])
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("top-1 retrieval")
+    axes[1].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

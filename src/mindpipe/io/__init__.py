@@ -1,0 +1,43 @@
+"""Readers of the raw dataset layout (docs/data-format.md) with precise errors."""
+
+from mindpipe.io.bids import (
+    EVENTS_COLUMNS,
+    SPLITS,
+    STIMULI_COLUMNS,
+    TRIAL_TYPES,
+    Bold,
+    Run,
+    check_events,
+    check_same_grid,
+    check_stimuli,
+    discover_runs,
+    discover_subjects,
+    load_bold,
+    load_bold_header,
+    load_mask,
+    mask_path,
+    read_events,
+    read_sidecar_tr,
+    read_stimuli,
+)
+
+__all__ = [
+    "EVENTS_COLUMNS",
+    "SPLITS",
+    "STIMULI_COLUMNS",
+    "TRIAL_TYPES",
+    "Bold",
+    "Run",
+    "check_events",
+    "check_same_grid",
+    "check_stimuli",
+    "discover_runs",
+    "discover_subjects",
+    "load_bold",
+    "load_bold_header",
+    "load_mask",
+    "mask_path",
+    "read_events",
+    "read_sidecar_tr",
+    "read_stimuli",
+]

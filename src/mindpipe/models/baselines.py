@@ -1,0 +1,121 @@
+"""Linear baseline: ridge regression from betas to stimulus feature vectors.
+
+One model per subject, trained on every training trial; the penalty is chosen on the
+validation split (never on test). Solved once per subject through the SVD of the centred
+betas, so every candidate alpha costs one matrix product.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from mindpipe.evaluate.predictions import save_predictions
+from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
+from mindpipe.exceptions import ParamsError
+from mindpipe.features import attribute_features
+from mindpipe.io.betas import list_subjects, load_betas, load_stimuli
+from mindpipe.params import BaseParams
+from mindpipe.utils import progress, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RidgeParams:
+    """``baseline:`` section. ``alphas``: candidate penalties, picked on validation top-1."""
+
+    alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+
+    def __post_init__(self) -> None:
+        if not self.alphas or min(self.alphas) <= 0:
+            raise ParamsError(f"baseline.alphas must be positive numbers; got {self.alphas}")
+
+
+def ridge_path(
+    x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Ridge solutions for every alpha.
+
+    Parameters
+    ----------
+    x : (n_samples, n_voxels)
+    y : (n_samples, n_features)
+
+    Returns
+    -------
+    list of (weights (n_voxels, n_features), bias (n_features,)), one per alpha.
+    """
+    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+    u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
+    uty = u.T @ (y - y_mean)
+    solutions = []
+    for alpha in alphas:
+        w = vt.T @ ((s / (s**2 + alpha))[:, None] * uty)
+        solutions.append((w, y_mean - x_mean @ w))
+    return solutions
+
+
+def fit_ridge_baseline(
+    *, betas_dir: Path, out_dir: Path, params: RidgeParams, base: BaseParams
+) -> dict[str, float]:
+    """The ``baseline`` stage: fit, select alpha on val, predict test, save models."""
+    stimuli = load_stimuli(betas_dir)
+    features, names = attribute_features(stimuli)
+    row = {stim: i for i, stim in enumerate(stimuli["stim_id"])}
+    metrics: dict[str, float] = {}
+    for subject in progress(list_subjects(betas_dir), desc="ridge"):
+        sb = load_betas(betas_dir, subject)
+        target = {s: features[[row[i] for i in sb.stim[s]]] for s in ("train", "val", "test")}
+        mean, std = target["train"].mean(axis=0), target["train"].std(axis=0)
+        std[std == 0] = 1.0
+        y_train = (target["train"] - mean) / std
+        x_train = np.asarray(sb.betas["train"], dtype=np.float64)
+        solutions = ridge_path(x_train, y_train, params.alphas)
+        val_target = (target["val"] - mean) / std
+        scores = [_val_score(sb.betas["val"] @ w + b, val_target) for w, b in solutions]
+        best = max(range(len(scores)), key=lambda k: scores[k])
+        w, b = solutions[best]
+        test_pred = sb.betas["test"] @ w + b
+        test_true = (target["test"] - mean) / std
+        save_predictions(
+            out_dir,
+            subject,
+            np.asarray(sb.stim["test"]),
+            cosine_similarity(test_pred, test_true),
+            embedding=test_pred.astype(np.float32),
+            target=test_true.astype(np.float32),
+        )
+        _save_model(out_dir / "models" / subject, w, b, mean, std, params.alphas[best], names)
+        metrics[f"{subject}.alpha"] = params.alphas[best]
+        metrics[f"{subject}.val_top1"] = scores[best][0]
+        logger.info("%s: alpha=%g val top-1=%.3f", subject, params.alphas[best], scores[best][0])
+    return metrics
+
+
+def _val_score(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """(top-1 among all val images, mean feature correlation): ties in top-1 go to correlation."""
+    top1 = retrieval_top1(cosine_similarity(pred, true), batch_size=len(true), repeats=1)
+    pc = pred - pred.mean(0)
+    tc = true - true.mean(0)
+    corr = (pc * tc).sum(0) / np.maximum(
+        np.linalg.norm(pc, axis=0) * np.linalg.norm(tc, axis=0), 1e-12
+    )
+    return top1["brain_to_image"], float(corr.mean())
+
+
+def _save_model(folder: Path, w, b, mean, std, alpha: float, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"weight": w, "bias": b, "feature_mean": mean, "feature_std": std}
+    save_file(
+        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+        str(folder / "model.safetensors"),
+    )
+    write_json(
+        folder / "config.json",
+        {"kind": "ridge", "alpha": alpha, "features": names, "n_voxels": int(w.shape[0])},
+    )

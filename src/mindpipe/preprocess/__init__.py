@@ -1,0 +1,31 @@
+"""Raw BOLD -> single-trial betas (LSS), z-scored per session, reliability-selected voxels."""
+
+from mindpipe.preprocess.glm import (
+    dct_basis,
+    lss,
+    percent_signal_change,
+    run_betas,
+    trial_regressors,
+)
+from mindpipe.preprocess.stage import (
+    PreprocessParams,
+    average_repeats,
+    plot_reliability,
+    preprocess,
+)
+from mindpipe.preprocess.voxels import SessionZScorer, VoxelSelector, ncsnr
+
+__all__ = [
+    "PreprocessParams",
+    "SessionZScorer",
+    "VoxelSelector",
+    "average_repeats",
+    "dct_basis",
+    "lss",
+    "ncsnr",
+    "percent_signal_change",
+    "plot_reliability",
+    "preprocess",
+    "run_betas",
+    "trial_regressors",
+]

@@ -1,0 +1,192 @@
+"""The stage registry: every pipeline stage declared once.
+
+dvc.yaml (``mindpipe compile``), the CLI (``mindpipe stage NAME``) and the tests all read this
+list. A stage is a plain function with keyword arguments named after its inputs, plus
+``out_dir`` (a temporary directory committed atomically on success), ``params`` (its params.yaml
+section as a frozen dataclass) and ``base`` (the shared ``base:`` section). It returns a flat
+dict of scalar metrics, which the runner writes to ``<out>/metrics.json`` and logs to MLflow.
+
+Functions and params classes are named by dotted path and imported only when the stage runs,
+so listing stages (or compiling dvc.yaml) never pays for torch or Great Expectations imports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mindpipe.exceptions import MindpipeError, ParamsError
+from mindpipe.params import BaseParams, parse_section
+
+DATA = "@data"  # an input that names the raw dataset (base.data_dir) rather than a stage
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What one run of the stage needs on a cluster node (KFP requests use the same values)."""
+
+    cpu: str = "2"
+    memory: str = "8Gi"
+    gpu: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One DAG node.
+
+    Attributes
+    ----------
+    name : str
+        One name everywhere: stage, params section, artifacts folder, MLflow run name.
+    func, params_cls : str
+        ``module:attribute`` of the stage function and its params dataclass.
+    inputs : dict
+        Keyword argument -> ``DATA`` or the name of the stage whose output folder it reads.
+    after : tuple of str
+        Stages that must have succeeded first (gates) without their output being read.
+    code : tuple of str
+        Source folders under ``src/mindpipe`` whose change reruns the stage.
+    plots : tuple of str
+        Files inside the output folder that ``dvc plots`` and MLflow show.
+    """
+
+    name: str
+    description: str
+    func: str
+    params_cls: str
+    inputs: dict[str, str]
+    code: tuple[str, ...]
+    after: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+    resources: Resources = Resources()
+
+    def load_func(self) -> Callable[..., dict[str, float]]:
+        return _import(self.func)
+
+    def load_params_cls(self) -> type:
+        return _import(self.params_cls)
+
+    def upstream(self) -> tuple[str, ...]:
+        """Names of the stages this one waits for."""
+        reads = tuple(src for src in self.inputs.values() if src != DATA)
+        return reads + tuple(s for s in self.after if s not in reads)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="validate_raw",
+        description="Gate the raw dataset: layout, NIfTI headers, events and stimulus tables "
+        "(Great Expectations).",
+        func="mindpipe.validate:validate_raw",
+        params_cls="mindpipe.validate:ValidateRawParams",
+        inputs={"data_dir": DATA},
+        code=("validate", "io"),
+        resources=Resources(cpu="1", memory="2Gi"),
+    ),
+    Stage(
+        name="preprocess",
+        description="Per subject: high-pass, single-trial GLM betas (LSS, canonical HRF), "
+        "z-score per session, visual mask, reliable-voxel selection, test repeats averaged.",
+        func="mindpipe.preprocess:preprocess",
+        params_cls="mindpipe.preprocess:PreprocessParams",
+        inputs={"data_dir": DATA},
+        after=("validate_raw",),
+        code=("preprocess", "io", "validate"),
+        plots=("plots/reliability.png",),
+        resources=Resources(cpu="2", memory="8Gi"),
+    ),
+    Stage(
+        name="baseline",
+        description="Ridge regression from betas to stimulus feature vectors, one model per "
+        "subject, alpha chosen on the validation split.",
+        func="mindpipe.models.baselines:fit_ridge_baseline",
+        params_cls="mindpipe.models.baselines:RidgeParams",
+        inputs={"betas_dir": "preprocess"},
+        code=("models", "features"),
+        resources=Resources(cpu="2", memory="4Gi"),
+    ),
+    Stage(
+        name="oracle",
+        description="Ideal observer from the twin's ground truth: the best identification any "
+        "decoder could reach at the twin's noise level.",
+        func="mindpipe.evaluate.oracle:fit_oracle",
+        params_cls="mindpipe.evaluate.oracle:OracleParams",
+        inputs={"data_dir": DATA, "betas_dir": "preprocess"},
+        code=("evaluate", "twin"),
+        resources=Resources(cpu="1", memory="4Gi"),
+    ),
+    Stage(
+        name="evaluate",
+        description="Top-1 retrieval among 300 (both directions) for every decoder, as a ratio "
+        "to the oracle; comparison table and plot.",
+        func="mindpipe.evaluate.report:evaluate",
+        params_cls="mindpipe.evaluate.report:EvaluateParams",
+        inputs={"baseline_dir": "baseline", "oracle_dir": "oracle"},
+        code=("evaluate",),
+        plots=("plots/retrieval.png",),
+        resources=Resources(cpu="1", memory="2Gi"),
+    ),
+)
+
+
+def get_stage(name: str) -> Stage:
+    """The registered stage called ``name``; an unknown name lists the known ones."""
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise MindpipeError(f"unknown stage {name!r}; known stages: {[s.name for s in STAGES]}")
+
+
+def stage_out_dir(name: str, base: BaseParams) -> Path:
+    return Path(base.artifacts_dir) / name
+
+
+def resolve_inputs(stage: Stage, base: BaseParams) -> dict[str, Path]:
+    """Map each input keyword to its path; a missing one names the stage that makes it."""
+    paths: dict[str, Path] = {}
+    for arg, src in stage.inputs.items():
+        path = Path(base.data_dir) if src == DATA else stage_out_dir(src, base)
+        if not path.exists():
+            hint = (
+                "generate it with `mindpipe twin generate` or `dvc pull data.dvc`"
+                if src == DATA
+                else f"run `mindpipe stage {src}` (or `dvc repro {src}`) first"
+            )
+            raise MindpipeError(f"stage {stage.name!r}: input {arg} not found at '{path}'; {hint}")
+        paths[arg] = path
+    for gate in stage.after:
+        if not stage_out_dir(gate, base).exists():
+            raise MindpipeError(
+                f"stage {stage.name!r} runs after {gate!r}, whose output "
+                f"'{stage_out_dir(gate, base)}' is missing; run `mindpipe stage {gate}` first"
+            )
+    return paths
+
+
+def parse_all(raw: dict[str, Any]) -> tuple[BaseParams, dict[str, Any]]:
+    """Parse every section of params.yaml, so a typo anywhere fails the first stage that runs.
+
+    Returns the ``base`` section and ``{stage name: params dataclass}``; all problems are
+    reported together in one ParamsError.
+    """
+    known = {"base"} | {s.name for s in STAGES}
+    problems = [
+        f"{name}: unknown section (allowed: {sorted(known)})" for name in raw if name not in known
+    ]
+    parsed: dict[str, Any] = {}
+    for name, cls in [("base", BaseParams)] + [(s.name, s.load_params_cls()) for s in STAGES]:
+        try:
+            parsed[name] = parse_section(cls, raw.get(name), name)
+        except ParamsError as exc:
+            problems.append(str(exc).removeprefix("invalid params:").strip())
+    if problems:
+        raise ParamsError("invalid params:\n  " + "\n  ".join(problems))
+    return parsed.pop("base"), parsed
+
+
+def _import(dotted: str) -> Any:
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)

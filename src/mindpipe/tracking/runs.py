@@ -1,0 +1,72 @@
+"""Log a stage execution to MLflow (sqlite in the project root unless MLFLOW_TRACKING_URI says)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mindpipe.exceptions import MindpipeError
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "mindpipe"
+DEFAULT_URI = "sqlite:///mlruns.db"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def log_stage_run(
+    *,
+    stage: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: list[Path],
+) -> str:
+    """Record one stage execution; returns the MLflow run id.
+
+    A failure to reach the tracking store is raised, never swallowed: a stage whose results
+    could not be recorded fails, so no run is silently lost.
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    try:
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri))
+        mlflow.set_experiment(EXPERIMENT)
+        with mlflow.start_run(run_name=stage, tags=tags) as run:
+            mlflow.log_params(_flatten(params))
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            for path in artifacts:
+                mlflow.log_artifact(str(path))
+    except Exception as exc:  # any store/network error becomes one actionable message
+        raise MindpipeError(
+            f"could not log stage {stage!r} to MLflow at {uri!r}: {exc}. "
+            "Check MLFLOW_TRACKING_URI (unset it to use the local sqlite file)."
+        ) from exc
+    return run.info.run_id
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Keep a local sqlite store's artifacts beside it, not in whatever the cwd happens to be."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

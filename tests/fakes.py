@@ -1,0 +1,157 @@
+"""Small fake datasets in the ``data/`` layout, for tests (like nilearn's ``_utils/data_gen``).
+
+The synthetic twin (:mod:`mindpipe.twin`) is the product's data generator; this module only
+writes the minimum the readers need, in well under a second, with a known answer: half of the
+mask voxels respond to each image with a fixed amplitude (% signal change), the rest are noise.
+Tests corrupt its files to check each error message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class FakeTruth:
+    """What :func:`write_fake_dataset` put in.
+
+    Attributes
+    ----------
+    amplitude : dict
+        ``subject -> (n_stimuli, n_mask)`` float64 peak response in % signal change (the
+        canonical SPM HRF scaled to peak 1, as :func:`mindpipe.preprocess.glm.trial_regressors`).
+    responsive : dict
+        ``subject -> (n_mask,)`` bool, the voxels with signal.
+    mask : dict
+        ``subject -> (x, y, z)`` bool.
+    stimuli : DataFrame
+        The stimulus table written.
+    """
+
+    amplitude: dict[str, np.ndarray]
+    responsive: dict[str, np.ndarray]
+    mask: dict[str, np.ndarray]
+    stimuli: pd.DataFrame
+
+
+def write_fake_dataset(
+    root: str | Path,
+    n_subjects: int = 1,
+    n_sessions: int = 2,
+    runs_per_session: int = 2,
+    n_train: int = 12,
+    n_val: int = 3,
+    n_test: int = 3,
+    train_repeats: int = 3,
+    eval_repeats: int = 2,
+    shape: tuple[int, int, int] = (5, 5, 4),
+    tr: float = 2.0,
+    trial_spacing: float = 6.0,
+    noise_sd: float = 0.3,
+    drift: float = 0.0,
+    seed: int = 0,
+) -> FakeTruth:
+    """Write a tiny dataset under ``root`` (which becomes the ``data/`` folder).
+
+    Trials are spread evenly over all runs; every run has the same number of volumes, enough for
+    its trials plus 16 s of tail.
+
+    Parameters
+    ----------
+    drift : float
+        Amplitude (% signal change) of a slow linear drift added to every voxel.
+
+    Returns
+    -------
+    FakeTruth
+    """
+    from mindpipe.preprocess.glm import trial_regressors  # the same HRF as the analysis
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    n_stim = n_train + n_val + n_test
+    split = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    category = ["circle"] * n_train + ["square"] * n_val + ["star"] * n_test
+    stimuli = pd.DataFrame(
+        {
+            "stim_id": np.arange(n_stim),
+            "file": [f"stimuli/images/stim-{i:05d}.png" for i in range(n_stim)],
+            "caption": [f"a {c}" for c in category],
+            "category": category,
+            "colour": "red",
+            "texture": "flat",
+            "size": 0.5,
+            "x": 0.0,
+            "y": 0.0,
+            "split": split,
+            "held_out": [int(c == "star") for c in category],
+        }
+    )
+    (root / "stimuli" / "images").mkdir(parents=True, exist_ok=True)
+    stimuli.to_csv(root / "stimuli" / "stimuli.tsv", sep="\t", index=False)
+    pd.DataFrame({"category": ["circle", "square", "star"], "held_out": [0, 0, 1]}).to_csv(
+        root / "stimuli" / "categories.tsv", sep="\t", index=False
+    )
+    for f in stimuli["file"]:
+        (root / f).write_bytes(b"\x89PNG fake")
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "fake", "BIDSVersion": "1.9.0"})
+    )
+
+    train_trials = np.repeat(np.arange(n_train), train_repeats)
+    trials = np.concatenate([train_trials, np.repeat(np.arange(n_train, n_stim), eval_repeats)])
+    n_runs = n_sessions * runs_per_session
+    per_run = int(np.ceil(trials.size / n_runs))
+    n_vols = int(np.ceil((4.0 + per_run * trial_spacing + 16.0) / tr))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    truth = FakeTruth({}, {}, {}, stimuli)
+    for s in range(1, n_subjects + 1):
+        sub = f"sub-{s:02d}"
+        func = root / sub / "func"
+        func.mkdir(parents=True, exist_ok=True)
+        mask = np.zeros(shape, dtype=bool)
+        mask[1:-1, 1:-1, 1:-1] = True
+        n_mask = int(mask.sum())
+        responsive = np.zeros(n_mask, dtype=bool)
+        responsive[: n_mask // 2] = True
+        amplitude = rng.normal(0.0, 1.0, (n_stim, n_mask)) * responsive
+        truth.amplitude[sub], truth.responsive[sub], truth.mask[sub] = amplitude, responsive, mask
+        nib.save(
+            nib.Nifti1Image(mask.astype(np.uint8), affine), func / f"{sub}_desc-visual_mask.nii.gz"
+        )
+        order = rng.permutation(trials)
+        baseline = rng.uniform(800.0, 1200.0, shape)
+        for r in range(n_runs):
+            ses, run = r // runs_per_session + 1, r % runs_per_session + 1
+            stems = f"{sub}_ses-{ses:02d}_task-images_run-{run:02d}"
+            stim = order[r * per_run : (r + 1) * per_run]
+            onsets = 4.0 + trial_spacing * np.arange(stim.size)
+            design = trial_regressors(onsets, np.full(stim.size, 2.0), n_vols, tr)
+            psc = design @ amplitude[stim]
+            psc += drift * np.linspace(-1.0, 1.0, n_vols)[:, None]
+            psc += rng.normal(0.0, noise_sd, psc.shape)
+            data = np.repeat(baseline[..., None], n_vols, axis=3)
+            data[mask] *= 1.0 + psc.T / 100.0
+            img = nib.Nifti1Image(np.round(data).astype(np.int16), affine)
+            img.header.set_xyzt_units("mm", "sec")
+            img.header["pixdim"][4] = tr
+            nib.save(img, func / f"{stems}_bold.nii.gz")
+            (func / f"{stems}_bold.json").write_text(
+                json.dumps({"RepetitionTime": tr, "TaskName": "images"})
+            )
+            pd.DataFrame(
+                {
+                    "onset": onsets,
+                    "duration": 2.0,
+                    "trial_type": "stimulus",
+                    "stim_id": stim,
+                    "stim_file": [stimuli["file"][i] for i in stim],
+                }
+            ).to_csv(func / f"{stems}_events.tsv", sep="\t", index=False)
+    return truth
