@@ -31,8 +31,8 @@ test-fast: setup  ## skip the end-to-end (slow) tests
 	MINDPIPE_PROGRESS=0 $(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 compile: setup  ## regenerate dvc.yaml from the stage registry
 	$(BIN)/mindpipe compile

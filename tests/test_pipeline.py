@@ -142,3 +142,16 @@ def test_dvc_repro_runs_the_dag_then_has_nothing_to_do(twin_tiny, tmp_path):
     assert elapsed < 10
     shown = run(*dvc, "metrics", "show", "--json")
     assert "ridge.brain_to_image" in shown.stdout
+
+
+@pytest.mark.slow
+def test_data_dvc_matches_the_default_twin(tmp_path):
+    """A fresh clone regenerates data/ byte for byte what data.dvc records (no remote needed)."""
+    from mindpipe.twin import generate
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["base"]
+    data = generate(tmp_path / "data", profile=params["profile"], seed=params["seed"])
+    recorded = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]["md5"]
+    assert dataset_hash(data) == recorded, (
+        "twin changed: run `dvc commit data.dvc` after regenerating"
+    )

@@ -13,10 +13,10 @@ import pytest
 from nilearn.glm.first_level import spm_hrf
 
 from mindpipe.exceptions import DataError, ParamsError
+from mindpipe.io.bids import STIMULI_CONTRACT_COLUMNS
 from mindpipe.twin import generate, get_profile, load_truth, subject_to_template
 from mindpipe.twin.bold import hrf, trial_regressors
 from mindpipe.twin.responses import retinotopic_map
-from mindpipe.twin.stimuli import STIMULUS_COLUMNS
 
 SUBJECTS = [f"sub-{i:02d}" for i in range(1, 5)]
 TRUTH = Path("derivatives") / "twin-truth"
@@ -115,7 +115,7 @@ def test_same_seed_same_bytes_other_seed_differs(twin_tiny: Path, tmp_path: Path
 # --- stimuli --------------------------------------------------------------------------------------
 def test_stimulus_table_and_splits(twin_tiny: Path, stimuli: pd.DataFrame) -> None:
     cfg = get_profile("tiny")
-    assert tuple(stimuli.columns) == STIMULUS_COLUMNS
+    assert tuple(stimuli.columns) == STIMULI_CONTRACT_COLUMNS
     assert stimuli["stim_id"].tolist() == list(range(cfg.n_stimuli))
     assert stimuli["split"].value_counts().to_dict() == {
         "train": cfg.n_train,

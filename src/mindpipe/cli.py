@@ -128,7 +128,7 @@ def cmd_twin(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     base = _base(args.params)
     ensure_data(base)
-    if subprocess.run([sys.executable, "-m", "dvc", "repro"]).returncode:
+    if subprocess.run([sys.executable, "-m", "dvc", "repro"], env=_env_with_own_bin()).returncode:
         raise MindpipeError("`dvc repro` failed; the failing stage's error is printed above")
     report = Path(base.artifacts_dir) / "evaluate" / "report.md"
     if report.exists():
@@ -138,6 +138,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         "Runs: `mlflow ui --backend-store-uri sqlite:///mlruns.db`."
     )
     return 0
+
+
+def _env_with_own_bin() -> dict[str, str]:
+    """dvc.yaml calls `mindpipe stage`: use this environment's mindpipe, even unactivated."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
 
 
 def ensure_data(base: BaseParams) -> None:

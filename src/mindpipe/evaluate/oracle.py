@@ -20,11 +20,11 @@ from mindpipe.evaluate.predictions import save_predictions
 from mindpipe.exceptions import DataError
 from mindpipe.io.betas import SubjectBetas, list_subjects, load_betas
 from mindpipe.params import BaseParams
+from mindpipe.twin import load_truth
+from mindpipe.twin.writer import TRUTH_DIR
 from mindpipe.utils import write_json
 
 logger = logging.getLogger(__name__)
-
-TRUTH_DIR = Path("derivatives") / "twin-truth"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ def fit_oracle(
     metrics = {"available": 1.0}
     for subject in list_subjects(betas_dir):
         sb = load_betas(betas_dir, subject)
-        amplitude = true_amplitudes(truth_dir, sb)
+        amplitude = true_amplitudes(data_dir, sb)
         similarity = oracle_similarity(sb, amplitude, params.min_noise_var)
         save_predictions(out_dir, subject, np.asarray(sb.stim["test"]), similarity)
         metrics[f"{subject}.n_voxels"] = float(sb.n_voxels)
@@ -54,21 +54,17 @@ def fit_oracle(
     return metrics
 
 
-def true_amplitudes(truth_dir: Path, sb: SubjectBetas) -> np.ndarray:
+def true_amplitudes(data_dir: Path, sb: SubjectBetas) -> np.ndarray:
     """(n_stimuli, n_voxels) noiseless responses of the subject's selected voxels."""
-    path = truth_dir / f"{sb.subject}_encoding.npz"
-    if not path.is_file():
-        raise DataError(f"ground truth for {sb.subject} not found: '{path}'")
-    with np.load(path, allow_pickle=False) as npz:
-        mask_index, amplitude = npz["voxel_index"], npz["amplitude"]
-    column = {int(v): i for i, v in enumerate(mask_index)}
+    truth = load_truth(data_dir, sb.subject)
+    column = {int(v): i for i, v in enumerate(truth.voxel_index)}
     missing = [int(v) for v in sb.voxel_index if int(v) not in column]
     if missing:
         raise DataError(
-            f"{len(missing)} selected voxels of {sb.subject} are not in the ground truth "
-            f"'{path}' (first: flat index {missing[0]})"
+            f"{len(missing)} selected voxels of {sb.subject} are not in its ground truth "
+            f"(first: flat index {missing[0]}); were the betas made from this dataset?"
         )
-    return amplitude[:, [column[int(v)] for v in sb.voxel_index]]
+    return truth.amplitude[:, [column[int(v)] for v in sb.voxel_index]]
 
 
 def oracle_similarity(sb: SubjectBetas, amplitude: np.ndarray, min_noise_var: float) -> np.ndarray:

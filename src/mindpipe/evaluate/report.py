@@ -120,7 +120,7 @@ def _plot(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     names = [n for n in results if results[n]]
     subjects = sorted({s for n in names for s in results[n]})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     width = 0.8 / max(len(names), 1)
     for ax, direction in zip(axes, DIRECTIONS, strict=True):
         for k, name in enumerate(names):
@@ -132,7 +132,8 @@ def _plot(results: dict, path: Path) -> None:
         ax.set_title(TITLES[direction])
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("top-1 retrieval")
-    axes[1].legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

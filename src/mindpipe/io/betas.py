@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mindpipe.exceptions import DataError
-
-SPLITS = ("train", "val", "test")
+from mindpipe.io.bids import SPLITS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,21 @@ from mindpipe.exceptions import DataError
 logger = logging.getLogger(__name__)
 
 EVENTS_COLUMNS = ("onset", "duration", "trial_type", "stim_id")
-STIMULI_COLUMNS = ("stim_id", "category", "split", "held_out")
+STIMULI_COLUMNS = ("stim_id", "category", "split", "held_out")  # what the readers need
+# every column docs/data-format.md promises in stimuli.tsv (later stages read them)
+STIMULI_CONTRACT_COLUMNS = (
+    "stim_id",
+    "file",
+    "caption",
+    "category",
+    "colour",
+    "texture",
+    "size",
+    "x",
+    "y",
+    "split",
+    "held_out",
+)
 SPLITS = ("train", "val", "test")
 TRIAL_TYPES = ("stimulus",)
 

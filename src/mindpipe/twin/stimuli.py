@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from mindpipe.io.bids import STIMULI_CONTRACT_COLUMNS
 from mindpipe.twin.config import MAX_CATEGORIES, TwinConfig, rng_for
 
 DESCRIPTOR_NAMES = ("n_corners", "curvature", "concavity", "has_hole", "elongation", "top_heavy")
@@ -63,20 +64,6 @@ TEXTURE_WORDS = {"solid": "solid", "stripes": "striped", "dots": "dotted", "chec
 SHADE = 0.35  # pattern pixels are the colour times SHADE
 BACKGROUND = 0.5  # gray level of the screen
 
-STIMULUS_COLUMNS = (
-    "stim_id",
-    "file",
-    "caption",
-    "category",
-    "colour",
-    "texture",
-    "size",
-    "x",
-    "y",
-    "split",
-    "held_out",
-)
-
 
 # ------------------------------------------------------------------------------------------------
 # Stimulus table
@@ -95,8 +82,8 @@ def sample_stimuli(cfg: TwinConfig, seed: int) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per stimulus (``cfg.n_stimuli`` rows, train then val then test), with the
-        columns of ``stimuli.tsv`` (``STIMULUS_COLUMNS``). Floats are rounded to 4 decimals so
-        the table on disk is exactly what the images and responses were computed from.
+        columns of ``stimuli.tsv`` (``STIMULI_CONTRACT_COLUMNS``). Floats are rounded to 4
+        decimals so the table on disk is exactly what the images and responses were computed from.
     """
     rng = rng_for(seed, "stimuli")
     names = list(CATEGORIES)[: cfg.n_categories]
@@ -130,7 +117,7 @@ def sample_stimuli(cfg: TwinConfig, seed: int) -> pd.DataFrame:
     table["caption"] = [
         caption(r.category, r.colour, r.texture, r.size, r.x, r.y) for r in table.itertuples()
     ]
-    return table[list(STIMULUS_COLUMNS)]
+    return table[list(STIMULI_CONTRACT_COLUMNS)]
 
 
 def _balanced(pool: list[str], n: int, rng: np.random.Generator) -> np.ndarray:

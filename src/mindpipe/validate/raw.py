@@ -28,21 +28,6 @@ from mindpipe.validate.gx import Check, Spec, format_failures, run_suite
 
 logger = logging.getLogger(__name__)
 
-# every column docs/data-format.md promises in stimuli.tsv (later stages read them)
-STIMULI_CONTRACT_COLUMNS = (
-    "stim_id",
-    "file",
-    "caption",
-    "category",
-    "colour",
-    "texture",
-    "size",
-    "x",
-    "y",
-    "split",
-    "held_out",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class ValidateRawParams:
@@ -190,7 +175,9 @@ def events_specs(stimuli: pd.DataFrame, trial_types: tuple[str, ...]) -> list[Sp
 
 def stimuli_specs(data_dir: Path, stimuli: pd.DataFrame) -> list[Spec]:
     """Expectations on ``stimuli.tsv`` (plus ``file_exists`` when image files are checked)."""
-    specs: list[Spec] = [("ExpectColumnToExist", {"column": c}) for c in STIMULI_CONTRACT_COLUMNS]
+    specs: list[Spec] = [
+        ("ExpectColumnToExist", {"column": c}) for c in bids.STIMULI_CONTRACT_COLUMNS
+    ]
     specs += [
         ("ExpectColumnValuesToNotBeNull", {"column": "stim_id"}),
         ("ExpectColumnValuesToBeUnique", {"column": "stim_id"}),
