@@ -82,7 +82,14 @@ def parse_section(cls: type[P], values: dict[str, Any] | None, section: str) -> 
         if key not in fields
     ]
     for key, value in values.items():
-        if key in fields and not _matches(value, hints[key]):
+        if key not in fields:
+            continue
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            try:  # a nested group of params, e.g. ``litemind.train.lr``
+                values[key] = parse_section(hints[key], value, f"{section}.{key}")
+            except ParamsError as exc:
+                problems.append(str(exc).removeprefix("invalid params:\n  "))
+        elif not _matches(value, hints[key]):
             problems.append(f"{section}.{key}: expected {_type_name(hints[key])}, got {value!r}")
     if problems:
         raise ParamsError("invalid params:\n  " + "\n  ".join(problems))

@@ -42,6 +42,7 @@ def fit_oracle(
     if not truth_dir.is_dir():
         logger.warning("no ground truth at '%s' (not a twin): oracle skipped", truth_dir)
         write_json(out_dir / "oracle.json", {"available": False})
+        (out_dir / "predictions").mkdir()  # a decoder with no predictions: evaluate skips it
         return {"available": 0.0}
     metrics = {"available": 1.0}
     for subject in list_subjects(betas_dir):

@@ -1,9 +1,11 @@
 """The contract between decoders and the evaluate stage.
 
-Every decoder stage writes ``predictions/<subject>.npz`` with ``stim_id`` (n,) and
-``similarity`` (n, n): row ``i`` is the decoded test sample of image ``stim_id[i]``, column
-``j`` the candidate image ``stim_id[j]``. Embedding decoders also store ``embedding`` (n, d),
-their decoded vectors, and ``target`` (n, d), the true ones.
+A decoder stage writes ``predictions/<subject>.npz`` in its output folder (the decoder is named
+after the stage), or, when it trains several decoders, one ``<decoder>/predictions/`` folder
+each. Every file holds ``stim_id`` (n,) and ``similarity`` (n, n): row ``i`` is the decoded
+test sample of image ``stim_id[i]``, column ``j`` the candidate image ``stim_id[j]``. Embedding
+decoders also store ``embedding`` (n, d), their decoded vectors, and ``target`` (n, d), the true
+ones.
 """
 
 from __future__ import annotations
@@ -36,3 +38,17 @@ def load_predictions(decoder_dir: Path) -> dict[str, dict[str, np.ndarray]]:
             raise DataError(f"'{path}' lacks arrays {sorted(missing)}")
         out[path.stem] = arrays
     return out
+
+
+def find_decoders(stage: str, stage_dir: Path) -> dict[str, Path]:
+    """``{decoder name: folder holding predictions/}`` for one decoder stage's output folder."""
+    stage_dir = Path(stage_dir)
+    if (stage_dir / "predictions").is_dir():
+        return {stage: stage_dir}
+    found = {sub.name: sub for sub in sorted(stage_dir.iterdir()) if (sub / "predictions").is_dir()}
+    if not found:
+        raise DataError(
+            f"stage {stage!r} wrote no predictions: expected '{stage_dir}/predictions/' or "
+            f"'{stage_dir}/<decoder>/predictions/'"
+        )
+    return found

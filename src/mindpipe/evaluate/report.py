@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mindpipe.evaluate.predictions import load_predictions
+from mindpipe.evaluate.predictions import find_decoders, load_predictions
 from mindpipe.evaluate.retrieval import retrieval_top1
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.params import BaseParams
@@ -37,19 +37,20 @@ class EvaluateParams:
 
 
 def evaluate(
-    *,
-    baseline_dir: Path,
-    oracle_dir: Path,
-    out_dir: Path,
-    params: EvaluateParams,
-    base: BaseParams,
+    *, out_dir: Path, params: EvaluateParams, base: BaseParams, **stage_dirs: Path
 ) -> dict[str, float]:
-    """Retrieval for each decoder and subject, subject means, and ratios to the oracle."""
-    decoders = {"ridge": baseline_dir, "oracle": oracle_dir}
+    """Retrieval for each decoder and subject, subject means, and ratios to the oracle.
+
+    ``stage_dirs`` maps ``<stage>_dir`` to the output folder of each decoder stage the registry
+    wires in; every decoder found there (see ``find_decoders``) is scored the same way.
+    """
+    decoders: dict[str, Path] = {}
+    for key, folder in stage_dirs.items():
+        decoders |= find_decoders(key.removesuffix("_dir"), folder)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, folder in decoders.items():
         predictions = load_predictions(folder)
-        if not predictions and name != "oracle":
+        if not predictions and name != "oracle":  # the oracle is empty on real data
             raise DataError(f"decoder {name!r} wrote no predictions under '{folder}/predictions'")
         results[name] = {
             subject: retrieval_top1(

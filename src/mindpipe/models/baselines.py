@@ -83,14 +83,16 @@ def fit_ridge_baseline(
         test_pred = sb.betas["test"] @ w + b
         test_true = (target["test"] - mean) / std
         save_predictions(
-            out_dir,
+            out_dir / "ridge",
             subject,
             np.asarray(sb.stim["test"]),
             cosine_similarity(test_pred, test_true),
             embedding=test_pred.astype(np.float32),
             target=test_true.astype(np.float32),
         )
-        _save_model(out_dir / "models" / subject, w, b, mean, std, params.alphas[best], names)
+        _save_model(
+            out_dir / "ridge" / "models" / subject, w, b, mean, std, params.alphas[best], names
+        )
         metrics[f"{subject}.alpha"] = params.alphas[best]
         metrics[f"{subject}.val_top1"] = scores[best][0]
         logger.info("%s: alpha=%g val top-1=%.3f", subject, params.alphas[best], scores[best][0])
