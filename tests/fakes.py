@@ -155,3 +155,10 @@ def write_fake_dataset(
                 }
             ).to_csv(func / f"{stems}_events.tsv", sep="\t", index=False)
     return truth
+
+
+#: params.yaml overrides that keep the model stages to seconds on the tiny twin.
+TINY_MODELS = {
+    "mlip": {"config": "mlip-tiny", "corpus_size": 384, "epochs": 3, "batch_size": 64},
+    "litemind": {"widths": [16], "depths": [1], "mlp_hidden": 64, "train": {"epochs": 8}},
+}

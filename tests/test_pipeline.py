@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fakes import TINY_MODELS
 from mindpipe.cli import main
 from mindpipe.stages import STAGES
 from mindpipe.tracking import dataset_hash
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_params(project: Path, data_dir: Path, **sections) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base"].update(profile="tiny", data_dir=str(data_dir), artifacts_dir="artifacts")
-    for name, values in sections.items():
+    for name, values in {**TINY_MODELS, **sections}.items():
         params[name].update(values)
     path = project / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -107,7 +108,7 @@ def test_missing_upstream_names_the_stage(tmp_path, monkeypatch, capsys, twin_ti
     write_params(tmp_path, twin_tiny)
     monkeypatch.chdir(tmp_path)
     assert main(["stage", "evaluate"]) == 1
-    assert "run `mindpipe stage baseline`" in capsys.readouterr().err
+    assert "run `mindpipe stage features`" in capsys.readouterr().err
 
 
 @pytest.mark.slow

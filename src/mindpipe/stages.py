@@ -119,12 +119,51 @@ STAGES: tuple[Stage, ...] = (
         resources=Resources(cpu="1", memory="4Gi"),
     ),
     Stage(
+        name="mlip",
+        description="Pretrain the project's CLIP with MLIP (frequency view, token-level "
+        "alignment, token merging) and ablate it against plain CLIP and merge ratios.",
+        func="mindpipe.recipes.mlip:pretrain_mlip",
+        params_cls="mindpipe.recipes.mlip:MLIPParams",
+        inputs={"data_dir": DATA},
+        after=("validate_raw",),
+        code=("models", "recipes", "twin"),
+        plots=("plots/ablation.png",),
+        resources=Resources(cpu="4", memory="16Gi", gpu=1),
+    ),
+    Stage(
+        name="features",
+        description="CLIP embeddings (pooled + tokens) of every stimulus image and caption, "
+        "from a cache keyed by the model's fingerprint; MLIP's model or local open_clip weights.",
+        func="mindpipe.features.stage:cache_features",
+        params_cls="mindpipe.features.stage:FeaturesParams",
+        inputs={"data_dir": DATA, "mlip_dir": "mlip"},
+        after=("validate_raw",),
+        code=("features", "models"),
+        resources=Resources(cpu="4", memory="16Gi", gpu=1),
+    ),
+    Stage(
+        name="litemind",
+        description="Lite-Mind's DFT backbone and MindEye's residual MLP, per subject, trained "
+        "contrastively onto the cached CLIP image embeddings; epoch chosen on validation.",
+        func="mindpipe.recipes.litemind:train_litemind",
+        params_cls="mindpipe.recipes.litemind:LiteMindParams",
+        inputs={"betas_dir": "preprocess", "features_dir": "features"},
+        code=("models", "recipes"),
+        resources=Resources(cpu="4", memory="16Gi", gpu=1),
+    ),
+    Stage(
         name="evaluate",
         description="Top-1 retrieval among 300 (both directions) for every decoder, as a ratio "
         "to the oracle; comparison table and plot.",
         func="mindpipe.evaluate.report:evaluate",
         params_cls="mindpipe.evaluate.report:EvaluateParams",
-        inputs={"baseline_dir": "baseline", "oracle_dir": "oracle"},
+        inputs={
+            "data_dir": DATA,
+            "features_dir": "features",
+            "baseline_dir": "baseline",
+            "litemind_dir": "litemind",
+            "oracle_dir": "oracle",
+        },
         code=("evaluate",),
         plots=("plots/retrieval.png",),
         resources=Resources(cpu="1", memory="2Gi"),

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from mindpipe.evaluate.predictions import find_decoders, load_predictions
-from mindpipe.evaluate.retrieval import retrieval_top1
+from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
 from mindpipe.exceptions import DataError, ParamsError
+from mindpipe.features.store import FeatureStore
+from mindpipe.io import read_stimuli
 from mindpipe.params import BaseParams
 from mindpipe.utils import write_json
 
@@ -37,16 +39,25 @@ class EvaluateParams:
 
 
 def evaluate(
-    *, out_dir: Path, params: EvaluateParams, base: BaseParams, **stage_dirs: Path
+    *,
+    data_dir: Path,
+    features_dir: Path,
+    out_dir: Path,
+    params: EvaluateParams,
+    base: BaseParams,
+    **stage_dirs: Path,
 ) -> dict[str, float]:
-    """Retrieval for each decoder and subject, subject means, and ratios to the oracle.
+    """Retrieval (and zero-shot) for each decoder and subject, means, and ratios to the oracle.
 
     ``stage_dirs`` maps ``<stage>_dir`` to the output folder of each decoder stage the registry
     wires in; every decoder found there (see ``find_decoders``) is scored the same way.
+    Decoders whose embeddings live in the cached CLIP space are also scored on zero-shot
+    classification of the held-out categories' test images against the category prompts.
     """
     decoders: dict[str, Path] = {}
     for key, folder in stage_dirs.items():
         decoders |= find_decoders(key.removesuffix("_dir"), folder)
+    zero_shot = ZeroShot(read_stimuli(data_dir), FeatureStore(features_dir))
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, folder in decoders.items():
         predictions = load_predictions(folder)
@@ -59,6 +70,7 @@ def evaluate(
                 params.retrieval_repeats,
                 params.retrieval_seed,
             )
+            | zero_shot.score(arrays)
             for subject, arrays in predictions.items()
         }
     metrics = _summarise(results)
@@ -68,17 +80,43 @@ def evaluate(
     return metrics
 
 
+class ZeroShot:
+    """Classify decoded CLIP embeddings of held-out-category test images by prompt similarity."""
+
+    def __init__(self, stimuli, store: FeatureStore) -> None:
+        self.category = dict(zip(stimuli["stim_id"], stimuli["category"], strict=True))
+        self.held_out = set(stimuli.loc[stimuli["held_out"] == 1, "stim_id"])
+        self.prompts = store.prompt_pooled()
+        self.names = np.array(store.categories)
+
+    def score(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """``zero_shot_top1`` and its chance, or nothing when the decoder is not in CLIP space."""
+        embedding = arrays.get("embedding")
+        if embedding is None or embedding.shape[1] != self.prompts.shape[1]:
+            return {}
+        rows = [i for i, s in enumerate(arrays["stim_id"]) if s in self.held_out]
+        if not rows:
+            return {}
+        guess = self.names[cosine_similarity(embedding[rows], self.prompts).argmax(axis=1)]
+        truth = np.array([self.category[s] for s in arrays["stim_id"][rows]])
+        return {
+            "zero_shot_top1": float(np.mean(guess == truth)),
+            "zero_shot_chance": 1 / len(self.names),
+        }
+
+
 def _summarise(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for name, per_subject in results.items():
         if not per_subject:
             continue
-        for direction in (*DIRECTIONS, "chance"):
-            values = [r[direction] for r in per_subject.values()]
-            metrics[f"{name}.{direction}"] = float(np.mean(values))
+        keys = [k for k in next(iter(per_subject.values())) if k != "batch_size"]
+        for key in keys:
+            metrics[f"{name}.{key}"] = float(np.mean([r[key] for r in per_subject.values()]))
         for subject, r in per_subject.items():
-            for direction in DIRECTIONS:
-                metrics[f"{name}.{subject}.{direction}"] = r[direction]
+            for key in keys:
+                if "chance" not in key:
+                    metrics[f"{name}.{subject}.{key}"] = r[key]
     if results.get("oracle"):
         for name in results:
             if name == "oracle" or not results[name]:
@@ -95,8 +133,9 @@ def _markdown(metrics: dict[str, float], results: dict) -> str:
     lines = [
         "# Top-1 retrieval (fraction correct)",
         "",
-        "| decoder | brain→image | image→brain | ratio to oracle (brain→image) | chance |",
-        "|---|---|---|---|---|",
+        "| decoder | brain→image | image→brain | ratio to oracle (brain→image) | chance | "
+        "zero-shot top-1 (held-out categories) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, per_subject in results.items():
         if not per_subject:
@@ -105,11 +144,19 @@ def _markdown(metrics: dict[str, float], results: dict) -> str:
         lines.append(
             f"| {name} | {metrics[f'{name}.brain_to_image']:.3f} | "
             f"{metrics[f'{name}.image_to_brain']:.3f} | "
-            f"{'—' if ratio is None else f'{ratio:.2f}'} | {metrics[f'{name}.chance']:.4f} |"
+            f"{'—' if ratio is None else f'{ratio:.2f}'} | {metrics[f'{name}.chance']:.4f} | "
+            f"{_zero_shot_cell(metrics, name)} |"
         )
     batch = next(iter(next(iter(results.values())).values()))["batch_size"]
     lines += ["", f"Candidates per batch: {int(batch)}; means over subjects."]
     return "\n".join(lines) + "\n"
+
+
+def _zero_shot_cell(metrics: dict[str, float], name: str) -> str:
+    if f"{name}.zero_shot_top1" not in metrics:
+        return "—"
+    top1, chance = metrics[f"{name}.zero_shot_top1"], metrics[f"{name}.zero_shot_chance"]
+    return f"{top1:.3f} (chance {chance:.3f})"
 
 
 def _plot(results: dict, path: Path) -> None:

@@ -19,15 +19,16 @@ from torch import nn
 
 from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
 from mindpipe.exceptions import ParamsError
+from mindpipe.models.losses import info_nce
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.1
     logit_scale: float = 20.0  # fixed inverse temperature of the InfoNCE loss
     symmetric: bool = False  # Lite-Mind's loss is one-directional (images classify brains)
@@ -55,20 +56,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ParamsError(f"device {name!r} requested but CUDA is not available; use 'auto'")
     return torch.device(name)
-
-
-def info_nce(
-    pred: torch.Tensor, target: torch.Tensor, scale: float, symmetric: bool
-) -> torch.Tensor:
-    """Cross-entropy of matching each target to its own prediction among the batch."""
-    pred = nn.functional.normalize(pred.flatten(1), dim=-1)
-    target = nn.functional.normalize(target.flatten(1), dim=-1)
-    logits = scale * target @ pred.T
-    labels = torch.arange(len(pred), device=pred.device)
-    loss = nn.functional.cross_entropy(logits, labels)
-    if symmetric:
-        loss = (loss + nn.functional.cross_entropy(logits.T, labels)) / 2
-    return loss
 
 
 @torch.no_grad()

@@ -91,7 +91,32 @@ def sample_stimuli(cfg: TwinConfig, seed: int) -> pd.DataFrame:
     seen = [c for c in names if c not in held]
     splits = [("train", cfg.n_train, seen), ("val", cfg.n_val, seen), ("test", cfg.n_test, names)]
     category = np.concatenate([_balanced(pool, n, rng) for _, n, pool in splits])
-    split = np.repeat([s for s, _, _ in splits], [n for _, n, _ in splits])
+    table = _draw_attributes(category, cfg, rng)
+    table["split"] = np.repeat([s for s, _, _ in splits], [n for _, n, _ in splits])
+    table["held_out"] = np.isin(category, held).astype(np.int64)
+    return table[list(STIMULI_CONTRACT_COLUMNS)]
+
+
+def pretraining_corpus(cfg: TwinConfig, seed: int, n: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Image-caption pairs from the same generator for pretraining a CLIP (the twin's "LAION").
+
+    Every category appears, held-out ones included: like web data, the corpus covers concepts
+    the fMRI experiment never trains on, which is what makes zero-shot decoding possible. It is
+    drawn from its own random stream, so no pair coincides with a stimulus by construction.
+
+    Returns the table (``stim_id``, ``caption``, ``category`` and the attributes) and the
+    ``(n, image_size, image_size, 3)`` uint8 images.
+    """
+    rng = rng_for(seed, "pretraining_corpus")
+    category = _balanced(list(CATEGORIES)[: cfg.n_categories], n, rng)
+    table = _draw_attributes(category, cfg, rng)
+    return table, render_table(table, cfg, seed)
+
+
+def _draw_attributes(
+    category: np.ndarray, cfg: TwinConfig, rng: np.random.Generator
+) -> pd.DataFrame:
+    """Size, position, colour, texture and caption for each given category."""
     n = len(category)
     size = np.round(rng.uniform(*cfg.size_range, n), 4)
     # Keep the whole shape on screen: its centre stays at least one radius (+ margin) from the edge.
@@ -110,14 +135,12 @@ def sample_stimuli(cfg: TwinConfig, seed: int) -> pd.DataFrame:
             "size": size,
             "x": x,
             "y": y,
-            "split": split,
-            "held_out": np.isin(category, held).astype(np.int64),
         }
     )
     table["caption"] = [
         caption(r.category, r.colour, r.texture, r.size, r.x, r.y) for r in table.itertuples()
     ]
-    return table[list(STIMULI_CONTRACT_COLUMNS)]
+    return table
 
 
 def _balanced(pool: list[str], n: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,58 @@
+"""Contrastive losses shared by the CLIP pretraining and the brain decoders."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def info_nce(
+    pred: torch.Tensor, target: torch.Tensor, scale: float | torch.Tensor, symmetric: bool
+) -> torch.Tensor:
+    """Cross-entropy of matching each target row to its own prediction among the batch.
+
+    Rows are flattened and L2-normalised; ``scale`` is the inverse temperature (CLIP learns it,
+    Lite-Mind fixes it). One-directional (targets classify predictions) unless ``symmetric``.
+    """
+    pred = nn.functional.normalize(pred.flatten(1), dim=-1)
+    target = nn.functional.normalize(target.flatten(1), dim=-1)
+    return logits_loss(scale * target @ pred.T, symmetric)
+
+
+def logits_loss(logits: torch.Tensor, symmetric: bool = True) -> torch.Tensor:
+    """InfoNCE from a square similarity matrix whose diagonal holds the matching pairs."""
+    labels = torch.arange(len(logits), device=logits.device)
+    loss = nn.functional.cross_entropy(logits, labels)
+    if symmetric:
+        loss = (loss + nn.functional.cross_entropy(logits.T, labels)) / 2
+    return loss
+
+
+def token_similarity(
+    image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FILIP's late interaction: token-wise max cosine, averaged, for every image x text pair.
+
+    Returns ``(image_to_text, text_to_image)``, both ``(B_image, B_text)``: the mean over image
+    tokens of their best-matching text token, and the mean over real (unpadded) text tokens of
+    their best-matching image token.
+    """
+    img = nn.functional.normalize(image_tokens, dim=-1)
+    txt = nn.functional.normalize(text_tokens, dim=-1)
+    sim = torch.einsum("ind,jmd->ijnm", img, txt)  # (Bi, Bt, Ni, Nt)
+    sim_for_max = sim.masked_fill(~text_mask[None, :, None, :], -2.0)
+    i2t = sim_for_max.max(dim=3).values.mean(dim=2)
+    mask = text_mask[None, :, :].float()
+    t2i = (sim.max(dim=2).values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return i2t, t2i
+
+
+def token_alignment_loss(
+    image_tokens: torch.Tensor,
+    text_tokens: torch.Tensor,
+    text_mask: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """InfoNCE over the batch on FILIP token-level similarities, both directions."""
+    i2t, t2i = token_similarity(image_tokens, text_tokens, text_mask)
+    return (logits_loss(scale * i2t, symmetric=False) + logits_loss(scale * t2i.T, False)) / 2

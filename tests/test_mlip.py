@@ -1,0 +1,96 @@
+"""MLIP's model: token merging, frequency view, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mindpipe.exceptions import MindpipeError
+from mindpipe.models.losses import token_similarity
+from mindpipe.models.mlip import (
+    build_mlip,
+    build_vocab,
+    load_config,
+    load_mlip,
+    preprocess_images,
+    save_mlip,
+    tokenize,
+)
+
+CAPTIONS = ["a small red solid star at the top", "a large blue striped circle on the left"]
+
+
+def tiny(**overrides):
+    return load_config("mlip-tiny", vocab=build_vocab(CAPTIONS), **overrides)
+
+
+def pixels(n: int = 3) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    return preprocess_images(list(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)), tiny())
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5])
+def test_token_merging_removes_the_requested_share_of_tokens(ratio):
+    cfg = tiny(merge_ratio=ratio)
+    torch.manual_seed(0)
+    pooled, tokens = build_mlip(cfg).encode_image(pixels())
+    assert pooled.shape == (3, cfg.embed_dim)
+    assert tokens.shape == (3, round(cfg.grid**2 * (1 - ratio)), cfg.embed_dim)
+    assert sum(cfg.tokens_removed()) == round(ratio * cfg.grid**2)
+
+
+def test_frequency_view_gives_its_own_embedding_and_plain_clip_has_none():
+    torch.manual_seed(0)
+    *_, frequency = build_mlip(tiny()).encode_image_views(pixels())
+    assert frequency[0].shape == (3, 32) and frequency[1].shape == (3, 64, 32)
+    assert build_mlip(tiny(frequency_view=False)).encode_image_views(pixels())[2] is None
+
+
+def test_tokenizer_marks_unknown_words_and_ends_with_eos():
+    cfg = tiny()
+    ids = tokenize(["a red ufo"], cfg)[0].tolist()
+    vocab = cfg.vocab
+    assert [vocab[i] for i in ids[:4]] == ["a", "red", "<unk>", "<eos>"]
+    assert set(ids[4:]) == {0}
+
+
+def test_token_similarity_ignores_padding():
+    img = torch.randn(2, 5, 8)
+    txt = torch.randn(2, 4, 8)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    i2t, t2i = token_similarity(img, txt, mask)
+    txt_changed = txt.clone()
+    txt_changed[0, 2:] = 100.0  # padded positions of caption 0
+    i2t2, t2i2 = token_similarity(img, txt_changed, mask)
+    torch.testing.assert_close(i2t[:, 0], i2t2[:, 0])
+    torch.testing.assert_close(t2i[:, 0], t2i2[:, 0])
+
+
+def test_checkpoint_round_trip_and_same_seed_same_weights(tmp_path):
+    torch.manual_seed(0)
+    model = build_mlip(tiny(merge_ratio=0.25)).eval()
+    torch.manual_seed(0)
+    again = build_mlip(tiny(merge_ratio=0.25)).eval()
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    save_mlip(model, tmp_path / "model")
+    loaded = load_mlip(tmp_path / "model")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.encode_image(pixels())[0], loaded.encode_image(pixels())[0]
+        )
+        ids = tokenize(CAPTIONS, model.config)
+        torch.testing.assert_close(model.encode_text(ids)[0], loaded.encode_text(ids)[0])
+
+
+def test_missing_or_corrupt_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(MindpipeError, match=r"config\.json' is missing"):
+        load_mlip(tmp_path / "nowhere")
+    save_mlip(build_mlip(tiny()), tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(MindpipeError, match=r"model\.safetensors' cannot be read"):
+        load_mlip(tmp_path / "model")
+    with pytest.raises(MindpipeError, match="unknown MLIP config"):
+        load_config("mlip-huge")
