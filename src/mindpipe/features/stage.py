@@ -20,6 +20,7 @@ import numpy as np
 from mindpipe.exceptions import ParamsError
 from mindpipe.features.cache import ARRAYS, FeatureCache, item_key
 from mindpipe.features.encoders import EncoderChoice, ImageTextEncoder, build_encoder
+from mindpipe.features.prompts import category_embeddings, check_templates
 from mindpipe.features.store import FILE
 from mindpipe.io import read_stimuli
 from mindpipe.io.images import load_image
@@ -37,7 +38,7 @@ class FeaturesParams:
     encoder: str = "mlip"
     open_clip_model: str = "ViT-L-14"
     open_clip_weights: str | None = None
-    prompt: str = "a {}"
+    prompts: tuple[str, ...] = ("a {}",)
     batch_size: int = 64
     cache_dir: str = ".cache/features"
     device: str = "auto"
@@ -49,8 +50,7 @@ class FeaturesParams:
             )
         if self.batch_size < 1:
             raise ParamsError(f"features.batch_size must be >= 1, got {self.batch_size}")
-        if "{}" not in self.prompt:
-            raise ParamsError(f"features.prompt must contain '{{}}': {self.prompt!r}")
+        check_templates(self.prompts, "features")
 
 
 def cache_features(
@@ -116,12 +116,14 @@ def _write_output(
             encoder=encoder.name,
             fingerprint=encoder.fingerprint,
             categories=json.dumps(categories),
-            prompt=params.prompt,
+            prompts=json.dumps(params.prompts),
         )
         f.create_dataset("stim_id", data=stimuli["stim_id"].to_numpy(np.int64))
         f.create_dataset(
             "prompt_pooled",
-            data=encoder.encode_texts([params.prompt.format(c) for c in categories])[0],
+            data=category_embeddings(
+                lambda texts: encoder.encode_texts(texts)[0], categories, params.prompts
+            ),
         )
         step = params.batch_size
         for start in range(0, len(keys), step):

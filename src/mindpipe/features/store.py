@@ -3,8 +3,9 @@
 ``artifacts/features/features.h5`` holds, for every stimulus of ``stimuli.tsv`` (in its order):
 ``stim_id`` (n,), ``image_pooled`` (n, D), ``image_tokens`` (n, T, D), ``text_pooled`` (n, D),
 ``text_tokens`` (n, L, D), plus ``prompt_pooled`` (n_categories, D) for the category prompts
-(attribute ``categories``, JSON list, and ``prompt``, the template). Embeddings are as the
-encoder gives them (not normalised). Attributes ``encoder``, ``fingerprint`` name the model.
+(attributes ``categories`` and ``prompts``, the templates ensembled, as JSON lists). Embeddings
+are as the encoder gives them (not normalised). Attributes ``encoder``, ``fingerprint`` name
+the model.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class FeatureStore:
                 self.encoder = str(f.attrs["encoder"])
                 self.fingerprint = str(f.attrs["fingerprint"])
                 self.categories: list[str] = json.loads(f.attrs["categories"])
-                self.prompt = str(f.attrs["prompt"])
+                self.prompts: list[str] = json.loads(f.attrs["prompts"])
         except (OSError, KeyError) as exc:
             raise DataError(
                 f"feature file '{self.path}' is unreadable or incomplete: {exc}"
@@ -64,6 +65,6 @@ class FeatureStore:
         return self._read("text_tokens", stim_ids)
 
     def prompt_pooled(self) -> np.ndarray:
-        """``(n_categories, D)``: row ``i`` embeds ``prompt.format(categories[i])``."""
+        """``(n_categories, D)`` unit rows: the prompt ensemble of ``categories[i]``."""
         with h5py.File(self.path, "r") as f:
             return f["prompt_pooled"][:]

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from mindpipe.exceptions import ParamsError
+from mindpipe.features.prompts import category_embeddings, check_templates, prompt_texts
 from mindpipe.io import read_stimuli
 from mindpipe.io.images import load_images
 from mindpipe.models.losses import info_nce, token_alignment_loss
@@ -61,14 +62,13 @@ class MLIPParams:
     token_weight: float = 0.5
     merge_ratio: float = 0.25
     ablation_ratios: tuple[float, ...] = (0.0, 0.25, 0.5)
-    prompt: str = "a {}"
+    prompts: tuple[str, ...] = ("a {}",)
     device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.corpus_size < 0:
             raise ParamsError("mlip.epochs >= 1, mlip.batch_size >= 2, mlip.corpus_size >= 0")
-        if "{}" not in self.prompt:
-            raise ParamsError(f"mlip.prompt must contain '{{}}' for the category: {self.prompt!r}")
+        check_templates(self.prompts, "mlip")
 
 
 @dataclasses.dataclass
@@ -86,8 +86,7 @@ def pretrain_mlip(
     stimuli = read_stimuli(data_dir)
     corpus_table, corpus_images = pretraining_corpus(data_dir, stimuli, params, base)
     categories = sorted(stimuli["category"].unique())
-    prompts = [params.prompt.format(c) for c in categories]
-    vocab = build_vocab([*corpus_table["caption"], *prompts])
+    vocab = build_vocab([*corpus_table["caption"], *prompt_texts(categories, params.prompts)])
     image_size = load_images(data_dir, stimuli.iloc[:1]).shape[1]
     base_cfg = load_config(params.config, vocab=vocab, image_size=image_size)
     train = _pairs(corpus_images, corpus_table, base_cfg)
@@ -105,7 +104,7 @@ def pretrain_mlip(
         model = build_mlip(cfg).to(device)
         weights = (0.0, 0.0) if name == "clip" else (params.frequency_weight, params.token_weight)
         best_epoch, seconds = train_model(model, train, evals["val"], params, weights, base.seed)
-        scores = evaluate_model(model, evals["test"], prompts, categories, held_out)
+        scores = evaluate_model(model, evals["test"], params.prompts, categories, held_out)
         scores |= {"best_epoch": best_epoch, "train_seconds": seconds}
         scores["images_per_s"] = throughput(model, evals["test"].pixels)
         metrics |= {f"{name}.{k}": v for k, v in scores.items()}
@@ -233,14 +232,21 @@ def retrieval(model: MLIP, pairs: Pairs) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_model(
-    model: MLIP, test: Pairs, prompts: list[str], categories: list[str], held_out: np.ndarray
+    model: MLIP,
+    test: Pairs,
+    templates: tuple[str, ...],
+    categories: list[str],
+    held_out: np.ndarray,
 ) -> dict[str, float]:
     img, _ = embed(model, test)
     device = next(model.parameters()).device
-    prompt_emb = model.encode_text(tokenize(prompts, model.config).to(device))[0].cpu()
-    predicted = np.array(categories)[
-        (img @ torch.nn.functional.normalize(prompt_emb, dim=-1).T).argmax(1).numpy()
-    ]
+    device = next(model.parameters()).device
+
+    def encode_texts(texts: list[str]) -> np.ndarray:
+        return model.encode_text(tokenize(texts, model.config).to(device))[0].cpu().numpy()
+
+    prompts = torch.as_tensor(category_embeddings(encode_texts, categories, templates))
+    predicted = np.array(categories)[(img @ prompts.T).argmax(1).numpy()]
     correct = predicted == np.array(test.categories)
     return {
         "zero_shot_top1": float(correct[held_out].mean()) if held_out.any() else float("nan"),
