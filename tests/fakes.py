@@ -159,6 +159,14 @@ def write_fake_dataset(
 
 #: params.yaml overrides that keep the model stages to seconds on the tiny twin.
 TINY_MODELS = {
-    "mlip": {"config": "mlip-tiny", "corpus_size": 384, "epochs": 3, "batch_size": 64},
+    "mlip": {
+        "config": "mlip-tiny",
+        "corpus_size": 768,
+        "epochs": 6,
+        "batch_size": 64,
+        "ablation_ratios": [],
+        "merge_ratio": 0.25,
+    },
     "litemind": {"widths": [16], "depths": [1], "mlp_hidden": 64, "train": {"epochs": 8}},
+    "federated": {"rounds": 3, "local_epochs": 2, "dim": 32},
 }

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mindpipe.exceptions import MindpipeError
-from mindpipe.models.losses import token_similarity
+from mindpipe.models.losses import token_alignment_loss, token_similarity
 from mindpipe.models.mlip import (
     build_mlip,
     build_vocab,
@@ -94,3 +94,13 @@ def test_missing_or_corrupt_checkpoint_names_the_file(tmp_path):
         load_mlip(tmp_path / "model")
     with pytest.raises(MindpipeError, match="unknown MLIP config"):
         load_config("mlip-huge")
+
+
+def test_grouped_token_loss_equals_the_full_loss_when_one_group_holds_the_batch():
+    torch.manual_seed(0)
+    img, txt = torch.randn(6, 5, 8), torch.randn(6, 4, 8)
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    scale = torch.tensor(10.0)
+    full = token_alignment_loss(img, txt, mask, scale)
+    torch.testing.assert_close(token_alignment_loss(img, txt, mask, scale, group=6), full)
+    assert not torch.isclose(token_alignment_loss(img, txt, mask, scale, group=3), full)

@@ -85,6 +85,14 @@ def test_runs_are_tracked_with_lineage(tiny_run, twin_tiny):
     )
 
 
+def test_mlip_learns_image_text_pairs(tiny_run):
+    m = read_metrics(tiny_run, "mlip")
+    chance = 1 / 24  # the tiny twin's test pairs
+    for variant in ("clip", "mlip_r0.25"):
+        assert m[f"{variant}.retrieval_i2t_top1"] > 3 * chance, variant
+    assert (tiny_run / "artifacts/mlip/model/model.safetensors").is_file()
+
+
 def test_same_params_same_outputs(tiny_run, tmp_path, monkeypatch):
     """Rerunning a stage with the same params and seed reproduces its metrics exactly."""
     shutil.copytree(tiny_run / "artifacts", tmp_path / "artifacts")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -13,6 +14,8 @@ from mindpipe.tracking import lineage_tags, log_stage_run
 from mindpipe.utils import atomic_dir, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
+
+STEPS_FILE = "steps.json"
 
 
 def run_stage(name: str, params_path: str | Path = "params.yaml") -> dict[str, float]:
@@ -41,8 +44,14 @@ def run_stage(name: str, params_path: str | Path = "params.yaml") -> dict[str, f
                 seed=base.seed, params=all_params, data_dir=base.data_dir, stage=name
             ),
             artifacts=[tmp / "metrics.json", *(tmp / p for p in stage.plots if (tmp / p).exists())],
+            steps=_read_steps(tmp / STEPS_FILE),
         )
     return metrics
+
+
+def _read_steps(path: Path) -> dict[str, list[list[float]]] | None:
+    """A stage may write per-step metric histories to ``steps.json`` (name -> [[step, value]])."""
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _check_metrics(stage: str, metrics: dict[str, float]) -> None:

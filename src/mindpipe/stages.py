@@ -168,6 +168,17 @@ STAGES: tuple[Stage, ...] = (
         plots=("plots/retrieval.png",),
         resources=Resources(cpu="1", memory="2Gi"),
     ),
+    Stage(
+        name="federated",
+        description="FedAvg vs PmcmFL (prototype library, masks, calibrated loss, proximal "
+        "term) over sites = subjects with missing modalities; category classification.",
+        func="mindpipe.recipes.federated:train_federated",
+        params_cls="mindpipe.recipes.federated:FederatedParams",
+        inputs={"betas_dir": "preprocess", "features_dir": "features"},
+        code=("federated", "models", "recipes"),
+        plots=("plots/accuracy_vs_round.png",),
+        resources=Resources(cpu="2", memory="8Gi", gpu=0),
+    ),
 )
 
 

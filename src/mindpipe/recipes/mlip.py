@@ -53,13 +53,14 @@ class MLIPParams:
     """``mlip:`` section."""
 
     config: str = "mlip-small"
-    corpus_size: int = 4000
-    epochs: int = 8
+    corpus_size: int = 3000
+    epochs: int = 10
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.1
     frequency_weight: float = 0.5
     token_weight: float = 0.5
+    token_group: int = 32
     merge_ratio: float = 0.25
     ablation_ratios: tuple[float, ...] = (0.0, 0.25, 0.5)
     prompts: tuple[str, ...] = ("a {}",)
@@ -146,7 +147,11 @@ def _pairs(images: np.ndarray, table: pd.DataFrame, cfg) -> Pairs:
 
 
 def clip_losses(
-    model: MLIP, pixels: torch.Tensor, tokens: torch.Tensor, weights: tuple[float, float]
+    model: MLIP,
+    pixels: torch.Tensor,
+    tokens: torch.Tensor,
+    weights: tuple[float, float],
+    token_group: int | None = None,
 ) -> torch.Tensor:
     """Global contrastive loss, plus MLIP's frequency-view and token-level terms when weighted."""
     scale = model.logit_scale.exp().clamp(max=100)
@@ -158,9 +163,9 @@ def clip_losses(
         loss = loss + freq_w * info_nce(frequency[0], text_pooled, scale, symmetric=True)
     if token_w:
         mask = tokens != 0
-        token_loss = token_alignment_loss(image_tokens, text_tokens, mask, scale)
+        token_loss = token_alignment_loss(image_tokens, text_tokens, mask, scale, token_group)
         if frequency is not None:
-            freq_tokens = token_alignment_loss(frequency[1], text_tokens, mask, scale)
+            freq_tokens = token_alignment_loss(frequency[1], text_tokens, mask, scale, token_group)
             token_loss = (token_loss + freq_tokens) / 2
         loss = loss + token_w * token_loss
     return loss
@@ -184,9 +189,8 @@ def train_model(
         order = torch.randperm(len(train.pixels), generator=generator)
         for step in range(steps):
             idx = order[step * params.batch_size : (step + 1) * params.batch_size]
-            loss = clip_losses(
-                model, train.pixels[idx].to(device), train.tokens[idx].to(device), weights
-            )
+            pixels, tokens = train.pixels[idx].to(device), train.tokens[idx].to(device)
+            loss = clip_losses(model, pixels, tokens, weights, params.token_group)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

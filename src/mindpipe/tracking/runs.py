@@ -26,8 +26,12 @@ def log_stage_run(
     metrics: dict[str, float],
     tags: dict[str, str],
     artifacts: list[Path],
+    steps: dict[str, list[list[float]]] | None = None,
 ) -> str:
     """Record one stage execution; returns the MLflow run id.
+
+    ``steps`` maps a metric name to ``[step, value]`` pairs (e.g. per training round); they are
+    logged as that metric's history.
 
     A failure to reach the tracking store is raised, never swallowed: a stage whose results
     could not be recorded fails, so no run is silently lost.
@@ -43,6 +47,8 @@ def log_stage_run(
         with mlflow.start_run(run_name=stage, tags=tags) as run:
             mlflow.log_params(_flatten(params))
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            for step, values in _by_step(steps or {}).items():
+                mlflow.log_metrics(values, step=step)
             for path in artifacts:
                 mlflow.log_artifact(str(path))
     except Exception as exc:  # any store/network error becomes one actionable message
@@ -51,6 +57,14 @@ def log_stage_run(
             "Check MLFLOW_TRACKING_URI (unset it to use the local sqlite file)."
         ) from exc
     return run.info.run_id
+
+
+def _by_step(steps: dict[str, list[list[float]]]) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for name, pairs in steps.items():
+        for step, value in pairs:
+            out.setdefault(int(step), {})[name] = float(value)
+    return out
 
 
 def _artifact_root(uri: str) -> str | None:

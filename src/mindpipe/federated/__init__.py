@@ -1,0 +1,1 @@
+"""Federated training with missing modalities: sites, strategies and the round driver."""

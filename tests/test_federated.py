@@ -1,0 +1,144 @@
+"""Federated training with missing modalities (issue 8): PmcmFL vs FedAvg, dropped sites."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mindpipe.federated.data import load_sites, skew_and_mask
+from mindpipe.federated.simulation import simulate
+from mindpipe.io import read_stimuli
+from mindpipe.models.pmcmfl import PrototypeLibrary
+from mindpipe.params import BaseParams
+from mindpipe.recipes.federated import FederatedParams, build_clients, train_federated
+
+TINY = FederatedParams(rounds=6, clients_per_round=3, local_epochs=3, batch_size=16, dim=32)
+
+
+@pytest.fixture(scope="module")
+def fed_inputs(twin_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Betas and a features store in the stages' formats, built from the tiny twin's stimuli.
+
+    fMRI carries the category weakly (so fMRI-only classification is hard but above chance),
+    image/caption features carry it strongly; voxel counts differ per subject.
+    """
+    root = tmp_path_factory.mktemp("fed")
+    stimuli = read_stimuli(twin_tiny)
+    categories = sorted(stimuli["category"].unique())
+    code = {c: i for i, c in enumerate(categories)}
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(len(categories), 8))
+    y = stimuli["category"].map(code).to_numpy()
+    betas_dir = root / "betas"
+    betas_dir.mkdir()
+    stimuli.to_csv(betas_dir / "stimuli.tsv", sep="\t", index=False)
+    for s, n_vox in enumerate((40, 50, 60, 70)):
+        folder = betas_dir / f"sub-{s + 1:02d}"
+        folder.mkdir()
+        mixing = rng.normal(size=(8, n_vox))
+        np.save(folder / "voxel_index.npy", np.arange(n_vox, dtype=np.int64))
+        for split, repeats in (("train", 2), ("val", 1), ("test", 1)):
+            stim = np.repeat(stimuli.loc[stimuli["split"] == split, "stim_id"].to_numpy(), repeats)
+            signal = latent[y[stim]] @ mixing
+            betas = signal + rng.normal(scale=2.5, size=signal.shape)
+            np.save(folder / f"betas_{split}.npy", betas.astype(np.float32))
+            np.save(folder / f"stim_{split}.npy", stim.astype(np.int64))
+    features_dir = root / "features"
+    features_dir.mkdir()
+    dim = 16
+    protos = rng.normal(size=(2, len(categories), dim))
+    with h5py.File(features_dir / "features.h5", "w") as f:
+        f["stim_id"] = stimuli["stim_id"].to_numpy()
+        f["image_pooled"] = (protos[0][y] + rng.normal(scale=0.7, size=(len(y), dim))).astype("f4")
+        f["text_pooled"] = (protos[1][y] + rng.normal(scale=0.7, size=(len(y), dim))).astype("f4")
+        f.attrs.update(encoder="fake", fingerprint="0", categories=json.dumps(categories))
+        f.attrs["prompt"] = "a photo of a {}"
+        f.attrs["prompts"] = json.dumps([f"a photo of a {c}" for c in categories])
+    return betas_dir, features_dir
+
+
+def test_stage_runs_both_strategies_at_every_missing_rate(fed_inputs, tmp_path):
+    betas_dir, features_dir = fed_inputs
+    m = train_federated(
+        betas_dir=betas_dir,
+        features_dir=features_dir,
+        out_dir=tmp_path,
+        params=TINY,
+        base=BaseParams(profile="tiny"),
+    )
+    chance = 1 / m["n_classes"]
+    for tag in ("fedavg_m00", "pmcmfl_m00", "fedavg_m50", "pmcmfl_m50"):
+        assert m[f"{tag}_accuracy"] > chance + 0.3, tag  # image/caption make it easy
+        assert m[f"{tag}_last_completed_round"] == TINY.rounds
+        assert (tmp_path / "models" / tag / "global.safetensors").is_file()
+        assert m[f"{tag}_accuracy_uni"] > chance + 0.15, tag  # fMRI alone: weak but real
+    assert m["pmcmfl_m50_bytes"] > m["fedavg_m50_bytes"]  # prototypes travel too
+    steps = json.loads((tmp_path / "steps.json").read_text())
+    assert len(steps["pmcmfl_m50_round_accuracy"]) == TINY.rounds
+    assert "pmcmfl_m50_round_accuracy_sub-01" in steps
+    assert (tmp_path / "plots" / "accuracy_vs_round.png").stat().st_size > 0
+    assert "| pmcmfl | 0.5 |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_dropped_site_does_not_stop_the_federation(fed_inputs):
+    sites, classes = load_sites(*fed_inputs)
+    params = dataclasses.replace(TINY, fail_site=1, fail_round=2, clients_per_round=4)
+    clients = build_clients(sites, len(classes), 16, params, seed=0)
+    history = simulate(clients, "pmcmfl", n_rounds=3, clients_per_round=4, seed=0)
+    assert [r["failures"] for r in history.rounds] == [0, 1, 0]
+    assert history.last_completed_round == 3
+
+
+def test_when_every_site_fails_the_last_completed_round_is_kept(fed_inputs):
+    sites, classes = load_sites(*fed_inputs)
+    clients = build_clients(sites, len(classes), 16, TINY, seed=0)
+    after_two = simulate(clients, "fedavg", n_rounds=2, clients_per_round=4, seed=0).final
+    clients = build_clients(sites, len(classes), 16, TINY, seed=0)
+    for client in clients:
+        client.fail_round = 3
+    history = simulate(clients, "fedavg", n_rounds=3, clients_per_round=4, seed=0)
+    assert history.last_completed_round == 2
+    assert history.rounds[-1]["failures"] == 4
+    for a, b in zip(history.final, after_two, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_prototype_library_is_count_weighted_and_skips_unseen_classes():
+    a = PrototypeLibrary(np.ones((4, 3, 2), np.float32), np.array([[1, 3, 0]] * 4, np.float32))
+    b = PrototypeLibrary(np.zeros((4, 3, 2), np.float32), np.array([[3, 1, 0]] * 4, np.float32))
+    merged = PrototypeLibrary.aggregate([a, b])
+    np.testing.assert_allclose(merged.protos[0, :, 0], [0.25, 0.75, 0.0])
+    assert merged.known()[0].tolist() == [True, True, False]
+
+
+def test_missing_rate_drops_modalities_and_skew_thins_classes(fed_inputs):
+    sites, classes = load_sites(*fed_inputs)
+    site = skew_and_mask(sites[0], len(classes), dirichlet_alpha=0.3, missing_rate=0.5, seed=0)
+    assert len(site.train) < len(sites[0].train)
+    assert site.train.present.any(axis=1).all()
+    assert 0.3 < site.train.present.mean() < 0.8
+    assert site.test.present.all()
+
+
+def test_round_histories_are_logged_to_mlflow_as_steps(tmp_path, monkeypatch):
+    import mlflow
+
+    from mindpipe.tracking import log_stage_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+    run_id = log_stage_run(
+        stage="federated",
+        params={},
+        metrics={"pmcmfl_m50_accuracy": 0.5},
+        tags={},
+        artifacts=[],
+        steps={"pmcmfl_m50_round_accuracy": [[1, 0.2], [2, 0.4], [3, 0.5]]},
+    )
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db")
+    history = client.get_metric_history(run_id, "pmcmfl_m50_round_accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.2), (2, 0.4), (3, 0.5)]
