@@ -34,8 +34,9 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-compile: setup  ## regenerate dvc.yaml from the stage registry
+compile: setup  ## regenerate dvc.yaml, components/ and pipelines/ from the stage registry
 	$(BIN)/mindpipe compile
+	$(BIN)/mindpipe kfp compile
 
 lock: setup  ## re-resolve requirements/stack.in into requirements/lock.txt
 	$(BIN)/pip install --quiet -r requirements/stack.in

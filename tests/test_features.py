@@ -157,3 +157,14 @@ def test_missing_or_corrupt_open_clip_weights_name_the_file(tiny_open_clip, tmp_
     bad.write_bytes(tiny_open_clip.read_bytes()[:1000])
     with pytest.raises(MindpipeError, match=r"bad\.pt"):
         OpenCLIPEncoder("mindpipe-tiny-clip", bad, torch.device("cpu"))
+
+
+def test_changed_open_clip_weights_change_the_fingerprint(tiny_open_clip, tmp_path):
+    cpu = torch.device("cpu")
+    same = OpenCLIPEncoder("mindpipe-tiny-clip", tiny_open_clip, cpu).fingerprint
+    assert OpenCLIPEncoder("mindpipe-tiny-clip", tiny_open_clip, cpu).fingerprint == same
+    state = torch.load(tiny_open_clip, weights_only=True)
+    state["logit_scale"] = state["logit_scale"] + 1.0
+    changed = tmp_path / "changed.pt"
+    torch.save(state, changed)
+    assert OpenCLIPEncoder("mindpipe-tiny-clip", changed, cpu).fingerprint != same

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,38 @@ def test_grouped_token_loss_equals_the_full_loss_when_one_group_holds_the_batch(
     full = token_alignment_loss(img, txt, mask, scale)
     torch.testing.assert_close(token_alignment_loss(img, txt, mask, scale, group=6), full)
     assert not torch.isclose(token_alignment_loss(img, txt, mask, scale, group=3), full)
+
+
+def test_stage_model_is_registered_as_challenger_with_lineage(tmp_path, monkeypatch):
+    import mlflow
+
+    from mindpipe.stages import get_stage
+    from mindpipe.tracking import log_stage_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+    torch.manual_seed(0)
+    model = build_mlip(tiny()).eval()
+    save_mlip(model, tmp_path / "out" / get_stage("mlip").model)
+    tags = {"mindpipe.seed": "0", "mindpipe.data_hash": "abc"}
+    for _ in range(2):
+        run_id = log_stage_run(
+            stage="mlip",
+            params={},
+            metrics={"m": 1.0},
+            tags=tags,
+            artifacts=[],
+            model=tmp_path / "out" / "model",
+        )
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    version = client.get_model_version_by_alias("mindpipe-mlip", "challenger")
+    assert str(version.version) == "2" and version.run_id == run_id
+    assert version.tags == tags
+    local = mlflow.artifacts.download_artifacts(
+        "models:/mindpipe-mlip@challenger",
+        dst_path=str(tmp_path / "dl"),
+        tracking_uri=f"sqlite:///{tmp_path}/mlruns.db",
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_mlip(Path(local)).encode_image(pixels())[0], model.encode_image(pixels())[0]
+        )

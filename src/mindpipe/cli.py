@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stage.add_argument("name", choices=[s.name for s in STAGES], metavar="NAME")
     stage.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    stage.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="KWARG=PATH",
+        help="read this input from PATH instead of data/ or artifacts/ (repeatable; used by KFP)",
+    )
+    stage.add_argument("--out", help="output folder (default: artifacts/NAME)")
 
     sub.add_parser("stages", help="list the registered stages and what each one reads")
 
@@ -55,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="default: base.seed")
     gen.add_argument("--out", help="default: base.data_dir")
     gen.add_argument("--params", default="params.yaml")
+
+    kfp = sub.add_parser("kfp", help="Kubeflow Pipelines: compile components/pipelines, submit")
+    kfp_sub = kfp.add_subparsers(dest="kfp_command", required=True, metavar="ACTION")
+    kcompile = kfp_sub.add_parser("compile", help="regenerate components/ and pipelines/")
+    kcompile.add_argument("--cluster", default="deploy/cluster.yaml", help="images, GPU pool")
+    kcompile.add_argument("--check", action="store_true", help="exit 1 if stale; write nothing")
+    kparent = kfp_sub.add_parser("parent-run", help="create the parent MLflow run (KFP task)")
+    kparent.add_argument("--name", default="mindpipe-kfp", help="MLflow run name")
+    kparent.add_argument("--data-hash", default="", help="recorded as a tag")
+    kparent.add_argument("--out", required=True, help="file to write the run id to")
+    ksubmit = kfp_sub.add_parser("submit", help="upload a compiled pipeline and start a run")
+    ksubmit.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080")
+    ksubmit.add_argument("--pipeline", default="decoding", help="pipelines/NAME.yaml")
+    ksubmit.add_argument("--params", default="params.yaml", help="sent as the params_yaml input")
+    ksubmit.add_argument("--data-dir", default="/mnt/data", help="dataset path on the PVC")
+    ksubmit.add_argument("--mlflow-uri", default="", help="MLflow tracking URI for the run")
+    ksubmit.add_argument("--timeout", type=float, default=10.0, help="connect timeout (s)")
     return parser
 
 
@@ -83,7 +108,14 @@ def _base(params_path: str) -> BaseParams:
 def cmd_stage(args: argparse.Namespace) -> int:
     from mindpipe.runner import run_stage
 
-    metrics = run_stage(args.name, args.params)
+    given = {}
+    for item in args.input:
+        kwarg, sep, path = item.partition("=")
+        if not sep or not kwarg or not path:
+            raise MindpipeError(f"--input {item!r}: expected KWARG=PATH")
+        given[kwarg] = Path(path)
+    out = Path(args.out) if args.out else None
+    metrics = run_stage(args.name, args.params, input_dirs=given, out=out)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
@@ -190,7 +222,42 @@ def _has_dvc_remote() -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
+def cmd_kfp(args: argparse.Namespace) -> int:
+    from mindpipe.kfp.config import load_cluster_config
+    from mindpipe.kfp.pipelines import write_all
+    from mindpipe.kfp.submit import dvc_data_hash, submit
+
+    if args.kfp_command == "parent-run":
+        from mindpipe.tracking.runs import start_parent_run
+
+        run_id = start_parent_run(args.name, {"mindpipe.data_hash": args.data_hash})
+        Path(args.out).write_text(run_id)
+        print(run_id)
+        return 0
+    if args.kfp_command == "compile":
+        stale = write_all(Path("."), load_cluster_config(args.cluster), check=args.check)
+        if args.check and stale:
+            print(f"out of date: {', '.join(stale)}; run `mindpipe kfp compile`")
+            return 1
+        print("components/ and pipelines/ are up to date" if args.check else f"wrote {stale}")
+        return 0
+    run_id = submit(
+        args.host,
+        Path("pipelines") / f"{args.pipeline}.yaml",
+        arguments={
+            "data_dir": args.data_dir,
+            "params_yaml": Path(args.params).read_text(),
+            "data_hash": dvc_data_hash(),
+            "mlflow_tracking_uri": args.mlflow_uri,
+        },
+        timeout=args.timeout,
+    )
+    print(f"submitted run {run_id} to {args.host}")
+    return 0
+
+
 COMMANDS = {
+    "kfp": cmd_kfp,
     "run": cmd_run,
     "stage": cmd_stage,
     "stages": cmd_stages,

@@ -18,20 +18,28 @@ logger = logging.getLogger(__name__)
 STEPS_FILE = "steps.json"
 
 
-def run_stage(name: str, params_path: str | Path = "params.yaml") -> dict[str, float]:
+def run_stage(
+    name: str,
+    params_path: str | Path = "params.yaml",
+    *,
+    input_dirs: dict[str, Path] | None = None,
+    out: Path | None = None,
+) -> dict[str, float]:
     """Execute stage ``name`` with the params in ``params_path``; return its metrics.
 
-    Outputs appear at ``artifacts/<name>/`` only if the stage and its MLflow logging both
-    succeed; otherwise the previous outputs (or nothing) remain.
+    Outputs appear at ``artifacts/<name>/`` (or ``out``) only if the stage and its MLflow
+    logging both succeed; otherwise the previous outputs (or nothing) remain. ``input_dirs``
+    replaces the registry's data/artifacts resolution for the named inputs, so an orchestrator
+    (KFP) that mounts folders elsewhere runs the very same stage code.
     """
     stage = get_stage(name)
     base, sections = parse_all(load_params(params_path))
     params = sections[name]
-    inputs = resolve_inputs(stage, base)
+    inputs = resolve_inputs(stage, base, input_dirs)
     seed_everything(base.seed)
     logger.info("stage %s: inputs %s", name, {k: str(v) for k, v in inputs.items()})
 
-    with atomic_dir(stage_out_dir(name, base)) as tmp:
+    with atomic_dir(Path(out) if out is not None else stage_out_dir(name, base)) as tmp:
         metrics = stage.load_func()(**inputs, out_dir=tmp, params=params, base=base)
         _check_metrics(name, metrics)
         write_json(tmp / "metrics.json", metrics)
@@ -45,6 +53,7 @@ def run_stage(name: str, params_path: str | Path = "params.yaml") -> dict[str, f
             ),
             artifacts=[tmp / "metrics.json", *(tmp / p for p in stage.plots if (tmp / p).exists())],
             steps=_read_steps(tmp / STEPS_FILE),
+            model=tmp / stage.model if stage.model else None,
         )
     return metrics
 

@@ -51,6 +51,9 @@ class Stage:
         Source folders under ``src/mindpipe`` whose change reruns the stage.
     plots : tuple of str
         Files inside the output folder that ``dvc plots`` and MLflow show.
+    model : str or None
+        Subfolder of the output holding the stage's model; the runner logs it to MLflow and
+        registers it as a version of ``mindpipe-<name>`` (alias ``challenger``).
     """
 
     name: str
@@ -61,6 +64,7 @@ class Stage:
     code: tuple[str, ...]
     after: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
+    model: str | None = None
     resources: Resources = Resources()
 
     def load_func(self) -> Callable[..., dict[str, float]]:
@@ -128,6 +132,7 @@ STAGES: tuple[Stage, ...] = (
         after=("validate_raw",),
         code=("models", "recipes", "twin"),
         plots=("plots/ablation.png",),
+        model="model",
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(
@@ -194,11 +199,24 @@ def stage_out_dir(name: str, base: BaseParams) -> Path:
     return Path(base.artifacts_dir) / name
 
 
-def resolve_inputs(stage: Stage, base: BaseParams) -> dict[str, Path]:
-    """Map each input keyword to its path; a missing one names the stage that makes it."""
+def resolve_inputs(
+    stage: Stage, base: BaseParams, given: dict[str, Path] | None = None
+) -> dict[str, Path]:
+    """Map each input keyword to its path; a missing one names the stage that makes it.
+
+    ``given`` paths (from an orchestrator such as KFP) win over data/ and artifacts/; the
+    orchestrator then also owns the ordering, so ``after`` gates are not checked on disk.
+    """
+    given = given or {}
+    unknown = sorted(set(given) - set(stage.inputs))
+    if unknown:
+        raise MindpipeError(f"stage {stage.name!r}: unknown input(s) {unknown}")
     paths: dict[str, Path] = {}
     for arg, src in stage.inputs.items():
-        path = Path(base.data_dir) if src == DATA else stage_out_dir(src, base)
+        if arg in given:
+            path = Path(given[arg])
+        else:
+            path = Path(base.data_dir) if src == DATA else stage_out_dir(src, base)
         if not path.exists():
             hint = (
                 "generate it with `mindpipe twin generate` or `dvc pull data.dvc`"
@@ -208,7 +226,7 @@ def resolve_inputs(stage: Stage, base: BaseParams) -> dict[str, Path]:
             raise MindpipeError(f"stage {stage.name!r}: input {arg} not found at '{path}'; {hint}")
         paths[arg] = path
     for gate in stage.after:
-        if not stage_out_dir(gate, base).exists():
+        if not given and not stage_out_dir(gate, base).exists():
             raise MindpipeError(
                 f"stage {stage.name!r} runs after {gate!r}, whose output "
                 f"'{stage_out_dir(gate, base)}' is missing; run `mindpipe stage {gate}` first"

@@ -90,8 +90,8 @@ def fit_contrastive(
     """
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    x = torch.as_tensor(np.asarray(train[0], dtype=np.float32))
-    y = torch.as_tensor(np.asarray(train[1], dtype=np.float32))
+    x = torch.as_tensor(np.array(train[0], dtype=np.float32))
+    y = torch.as_tensor(np.array(train[1], dtype=np.float32))
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(len(x) // config.batch_size, 1)

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines: one component per registry stage, pipelines as named stage subsets."""

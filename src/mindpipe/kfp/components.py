@@ -1,0 +1,127 @@
+"""One KFP component per registry stage, written as component YAML under components/.
+
+Each component runs ``mindpipe stage NAME`` in the project image with explicit ``--input`` and
+``--out`` folders, i.e. the same stage function through the same runner as a local run. Inputs:
+
+- ``data_dir`` (string): where the raw dataset is mounted (PVC path) for ``DATA`` inputs;
+- one artifact per upstream stage it reads (the upstream component's ``out_dir``);
+- ``params_yaml`` (string): the full params.yaml text, so sweeps and profiles are run inputs;
+- ``data_hash`` (string): the DVC md5 of the dataset. Unused by the stage, it is part of every
+  task's cache key, so KFP never reuses a result computed on other data;
+- ``mlflow_tracking_uri`` (string, may be empty): exported as MLFLOW_TRACKING_URI;
+- ``parent_run_id`` (string): the pipeline run's parent MLflow run, made by the first task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from mindpipe.kfp.config import ClusterConfig
+from mindpipe.stages import DATA, Stage
+
+OUTPUT = "out_dir"
+COMMON_INPUTS = ("data_dir", "params_yaml", "data_hash", "mlflow_tracking_uri", "parent_run_id")
+PARENT_COMPONENT = "mlflow_parent_run"
+
+# $0: params text, $1: tracking URI, $2: data hash (cache key only), $3: parent MLflow run id
+# ($0 is not part of "$@", hence `shift 3`);
+# the rest go to mindpipe.
+_SCRIPT = (
+    'printf "%s" "$0" > /tmp/params.yaml\n'
+    'if [ -n "$1" ]; then export MLFLOW_TRACKING_URI="$1"; fi\n'
+    'export MINDPIPE_DATA_HASH="$2"\n'
+    'export MINDPIPE_PARENT_RUN_ID="$3"\n'
+    "shift 3\n"
+    'exec mindpipe stage {name} --params /tmp/params.yaml "$@"\n'
+)
+_URI_INPUT = {
+    "name": "mlflow_tracking_uri",
+    "type": "String",
+    "default": "",
+    "optional": True,
+    "description": "MLflow server (empty: the image's default)",
+}
+
+
+def artifact_inputs(stage: Stage) -> list[str]:
+    """Stage inputs that are upstream outputs (artifacts), in registry order."""
+    return [kwarg for kwarg, src in stage.inputs.items() if src != DATA]
+
+
+def component_spec(stage: Stage, cluster: ClusterConfig) -> dict[str, Any]:
+    """The component YAML (KFP's container component format) for ``stage``."""
+    inputs: list[dict[str, Any]] = [
+        {"name": "data_dir", "type": "String", "description": "mounted raw dataset folder"},
+        {"name": "params_yaml", "type": "String", "description": "params.yaml text"},
+        {"name": "data_hash", "type": "String", "description": "DVC md5 of the dataset"},
+        _URI_INPUT,
+        {"name": "parent_run_id", "type": "String", "description": "MLflow run to nest under"},
+    ]
+    inputs += [
+        {"name": kwarg, "description": f"output of {stage.inputs[kwarg]}"}
+        for kwarg in artifact_inputs(stage)
+    ]
+    args: list[Any] = [
+        {"inputValue": "params_yaml"},
+        {"inputValue": "mlflow_tracking_uri"},
+        {"inputValue": "data_hash"},
+        {"inputValue": "parent_run_id"},
+    ]
+    for kwarg, src in stage.inputs.items():
+        where = {"inputValue": "data_dir"} if src == DATA else {"inputPath": kwarg}
+        args += ["--input", {"concat": [f"{kwarg}=", where]}]
+    args += ["--out", {"outputPath": OUTPUT}]
+    return {
+        "name": stage.name,
+        "description": stage.description,
+        "inputs": inputs,
+        "outputs": [{"name": OUTPUT, "description": f"artifacts/{stage.name} folder"}],
+        "implementation": {
+            "container": {
+                "image": cluster.image_for(stage.resources.gpu),
+                "command": ["sh", "-ec", _SCRIPT.format(name=stage.name)],
+                "args": args,
+            }
+        },
+    }
+
+
+def parent_run_spec(cluster: ClusterConfig) -> dict[str, Any]:
+    """The first task of every pipeline: one parent MLflow run that all stage runs nest under."""
+    script = (
+        'if [ -n "$0" ]; then export MLFLOW_TRACKING_URI="$0"; fi\n'
+        'mkdir -p "$(dirname "$2")"\n'
+        'exec mindpipe kfp parent-run --name mindpipe-kfp --data-hash "$1" --out "$2"\n'
+    )
+    return {
+        "name": PARENT_COMPONENT,
+        "description": "create the parent MLflow run of this pipeline run",
+        "inputs": [
+            _URI_INPUT,
+            {"name": "data_hash", "type": "String", "description": "DVC md5 of the dataset"},
+        ],
+        "outputs": [{"name": "run_id", "type": "String", "description": "MLflow run id"}],
+        "implementation": {
+            "container": {
+                "image": cluster.cpu_image,
+                "command": ["sh", "-ec", script],
+                "args": [
+                    {"inputValue": "mlflow_tracking_uri"},
+                    {"inputValue": "data_hash"},
+                    {"outputPath": "run_id"},
+                ],
+            }
+        },
+    }
+
+
+def render(spec: dict[str, Any]) -> str:
+    """Deterministic YAML text (fixed key order, no timestamps)."""
+    header = "# Generated by `mindpipe kfp compile` from the stage registry; do not edit.\n"
+    return header + yaml.safe_dump(spec, sort_keys=False, width=100)
+
+
+def render_component(stage: Stage, cluster: ClusterConfig) -> str:
+    return render(component_spec(stage, cluster))

@@ -1,0 +1,141 @@
+"""A small unCLIP-style image generator: a diffusers UNet conditioned on a CLIP image embedding.
+
+The embedding is projected into the UNet's class-embedding slot (added to the timestep
+embedding), the way unCLIP's decoder conditions on an image embedding without text. Sampling
+uses DDIM from a seeded generator, so the same seed gives the same images; ``blurry`` images
+(MindEye2's low-level reconstruction) start the sampler part-way (img2img at ``strength``).
+Real pretrained weights are only read from a local folder (never downloaded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mindpipe.exceptions import MissingWeightsError
+
+
+@dataclasses.dataclass(frozen=True)
+class UnCLIPConfig:
+    """Everything needed to rebuild the generator (written as config.json next to weights)."""
+
+    image_size: int
+    embed_dim: int
+    channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    train_timesteps: int = 1000
+
+
+def config_for(image_size: int, embed_dim: int, name: str = "tiny") -> UnCLIPConfig:
+    """The one factory for generator configs: ``tiny`` (tests) or ``small`` (default twin)."""
+    widths = {"tiny": (32, 64), "small": (64, 128, 128)}
+    if name not in widths:
+        raise ValueError(f"unknown generator config {name!r}; known: {sorted(widths)}")
+    return UnCLIPConfig(image_size=image_size, embed_dim=embed_dim, channels=widths[name])
+
+
+class UnCLIPGenerator(nn.Module):
+    """``forward(noisy (B,3,H,W), t (B,), embedding (B,D)) -> predicted noise``."""
+
+    def __init__(self, config: UnCLIPConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        n = len(cfg.channels)
+        self.unet = UNet2DModel(
+            sample_size=cfg.image_size,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=cfg.channels,
+            layers_per_block=cfg.layers_per_block,
+            down_block_types=("DownBlock2D",) * n,
+            up_block_types=("UpBlock2D",) * n,
+            norm_num_groups=8,
+            class_embed_type="identity",
+        )
+        self.project = nn.Sequential(
+            nn.LayerNorm(cfg.embed_dim), nn.Linear(cfg.embed_dim, cfg.channels[0] * 4)
+        )
+
+    def forward(
+        self, noisy: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(noisy, t, class_labels=self.project(embedding)).sample
+
+    def training_scheduler(self) -> DDPMScheduler:
+        return DDPMScheduler(num_train_timesteps=self.config.train_timesteps)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        embedding: torch.Tensor,
+        steps: int = 25,
+        seed: int = 0,
+        blurry: torch.Tensor | None = None,
+        strength: float = 1.0,
+    ) -> torch.Tensor:
+        """Images in [-1, 1] from embeddings; deterministic given ``seed``.
+
+        With ``blurry`` images (in [-1, 1]) and ``strength`` < 1, sampling starts from the blurry
+        image noised to that strength, so coarse layout comes from fMRI's low-level decode.
+        """
+        scheduler = DDIMScheduler(num_train_timesteps=self.config.train_timesteps)
+        scheduler.set_timesteps(steps)
+        device = embedding.device
+        gen = torch.Generator().manual_seed(seed)
+        shape = (embedding.shape[0], 3, self.config.image_size, self.config.image_size)
+        x = torch.randn(shape, generator=gen).to(device)
+        timesteps = scheduler.timesteps
+        if blurry is not None and strength < 1.0:
+            start = len(timesteps) - round(steps * strength)
+            timesteps = timesteps[start:]
+            if len(timesteps) == 0:
+                return blurry.clamp(-1, 1)
+            x = scheduler.add_noise(blurry.to(device), x, timesteps[:1])
+        for t in timesteps:
+            eps = self(x, t.expand(x.shape[0]).to(device), embedding)
+            x = scheduler.step(eps, t, x).prev_sample
+        return x.clamp(-1, 1)
+
+
+def save_generator(model: UnCLIPGenerator, folder: Path) -> None:
+    """Write ``config.json`` + ``model.safetensors``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(model.config), indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def load_generator(folder: Path) -> UnCLIPGenerator:
+    """Rebuild a generator written by :func:`save_generator`."""
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise MissingWeightsError(f"generator folder '{folder}' has no {name}")
+    raw = json.loads((folder / "config.json").read_text())
+    raw["channels"] = tuple(raw["channels"])
+    model = UnCLIPGenerator(UnCLIPConfig(**raw))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model
+
+
+def load_pretrained_unclip(local_dir: str | Path, device: str = "cpu"):
+    """Stable unCLIP img2img from a local diffusers folder; never downloads.
+
+    A missing folder or one without ``model_index.json`` raises MissingWeightsError naming it.
+    """
+    folder = Path(local_dir)
+    if not (folder / "model_index.json").is_file():
+        raise MissingWeightsError(
+            f"local unCLIP weights '{folder}' not found or incomplete (no model_index.json); "
+            "set reconstruct.local_weights to a diffusers StableUnCLIPImg2ImgPipeline folder"
+        )
+    from diffusers import StableUnCLIPImg2ImgPipeline
+
+    pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(str(folder), local_files_only=True)
+    return pipe.to(device)
