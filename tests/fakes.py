@@ -168,5 +168,5 @@ TINY_MODELS = {
         "merge_ratio": 0.25,
     },
     "litemind": {"widths": [16], "depths": [1], "mlp_hidden": 64, "train": {"epochs": 8}},
-    "federated": {"rounds": 3, "local_epochs": 2, "dim": 32},
+    "federated": {"rounds": 3, "local": {"local_epochs": 2}, "dim": 32},
 }

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from mindpipe.federated.client import LocalTraining
 from mindpipe.federated.data import load_sites, skew_and_mask
 from mindpipe.federated.simulation import simulate
 from mindpipe.io import read_stimuli
@@ -17,7 +18,9 @@ from mindpipe.models.pmcmfl import PrototypeLibrary
 from mindpipe.params import BaseParams
 from mindpipe.recipes.federated import FederatedParams, build_clients, train_federated
 
-TINY = FederatedParams(rounds=6, clients_per_round=3, local_epochs=3, batch_size=16, dim=32)
+TINY = FederatedParams(
+    rounds=6, clients_per_round=3, local=LocalTraining(local_epochs=3, batch_size=16), dim=32
+)
 
 
 @pytest.fixture(scope="module")

@@ -38,15 +38,8 @@ class FederatedParams:
     missing_rates: tuple[float, ...] = (0.0, 0.5)
     rounds: int = 20
     clients_per_round: int = 3
-    local_epochs: int = 2
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
     dim: int = 64
-    proximal_weight: float = 0.1
-    modal_proximal_weight: float = 0.1
-    temperature: float = 0.1
-    proximal_start_round: int = 2
     dirichlet_alpha: float = 1.0
     fail_site: int = -1
     fail_round: int = 0
@@ -60,10 +53,6 @@ class FederatedParams:
                 f"federated.missing_rates must lie in [0, 1); got {self.missing_rates}"
             )
 
-    def local(self) -> LocalTraining:
-        names = {f.name for f in dataclasses.fields(LocalTraining)}
-        return LocalTraining(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
-
 
 def build_clients(
     sites: list[Site], n_classes: int, feature_dim: int, params: FederatedParams, seed: int
@@ -74,7 +63,7 @@ def build_clients(
         torch.manual_seed(seed)
         cfg = PmcmFLConfig(site.n_voxels, feature_dim, n_classes, dim=params.dim)
         fail = params.fail_round if i == params.fail_site else 0
-        clients.append(SiteClient(site, PmcmFLClassifier(cfg), params.local(), seed + i, fail))
+        clients.append(SiteClient(site, PmcmFLClassifier(cfg), params.local, seed + i, fail))
     return clients
 
 
