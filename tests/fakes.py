@@ -168,5 +168,6 @@ TINY_MODELS = {
         "merge_ratio": 0.25,
     },
     "litemind": {"widths": [16], "depths": [1], "mlp_hidden": 64, "train": {"epochs": 8}},
+    "reconstruct": {"steps": 20, "batch_size": 16, "sample_steps": 2},
     "federated": {"rounds": 3, "local": {"local_epochs": 2}, "dim": 32},
 }

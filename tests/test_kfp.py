@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from kfp import components
 
+from fakes import TINY_MODELS
 from mindpipe.cli import main
+from mindpipe.exceptions import MindpipeError
 from mindpipe.kfp.components import COMMON_INPUTS, OUTPUT
 from mindpipe.kfp.config import load_cluster_config
 from mindpipe.kfp.pipelines import PIPELINES, subset, write_all
+from mindpipe.kfp.task import parent_run, run_task
 from mindpipe.stages import DATA, STAGES
+from mindpipe.tracking import dataset_hash
+from mindpipe.tracking.runs import PARENT_RUN_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +43,11 @@ def test_every_stage_has_a_matching_component(stage, cluster):
     assert set(spec.outputs) == {OUTPUT}
     container = spec.implementation.container
     assert container.image == cluster.image_for(stage.resources.gpu)
-    assert f"mindpipe stage {stage.name} " in container.command[-1]
+    # a lightweight Python component (what kfp.local runs) whose body is the one runner call
+    command = " ".join(container.command)
+    assert "kfp.dsl.executor_main" in command
+    assert f'run_task(\n        "{stage.name}",' in container.command[-1]
+    assert "pip install" not in command, "the image has mindpipe and kfp"
 
 
 def _pipeline(name: str) -> tuple[dict, dict]:
@@ -112,26 +118,34 @@ def test_submit_to_unreachable_host_is_a_clear_error(capsys, monkeypatch):
 
 
 def test_stage_reads_explicit_inputs_and_writes_explicit_out(tmp_path, twin_tiny, monkeypatch):
-    """What a KFP task does: inputs and output elsewhere than data/ and artifacts/."""
+    """What a KFP task's body does: inputs and output elsewhere than data/ and artifacts/."""
     mounted = tmp_path / "pvc" / "twin"
     shutil.copytree(twin_tiny, mounted)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base"].update(profile="tiny", data_dir="nowhere")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unused")  # restored after run_task exports its own
+    monkeypatch.setenv(PARENT_RUN_ENV, "")
     out = tmp_path / "outputs" / "validate_raw"
-    # the component's own command line, as the container runs it
-    spec = yaml.safe_load((ROOT / "components" / "validate_raw.yaml").read_text())
-    command = spec["implementation"]["container"]["command"]
-    args = [(tmp_path / "params.yaml").read_text(), "", "md5", "", "--input"]
-    args += [f"data_dir={mounted}", "--out", str(out)]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(command + args, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_task(
+        "validate_raw",
+        params_yaml=yaml.safe_dump(params),
+        inputs={"data_dir": str(mounted)},
+        out=str(out),
+        mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlruns.db",
+        parent_run_id="",
+    )
     assert json.loads((out / "metrics.json").read_text())["n_failed"] == 0
     assert not (tmp_path / "artifacts").exists()
-    assert main(["stage", "validate_raw", "--input", "nope=/x"]) == 1
+    with pytest.raises(MindpipeError, match="validate_raw"):
+        run_task(
+            "validate_raw",
+            params_yaml=yaml.safe_dump(params),
+            inputs={"nope": "/x"},
+            out=str(out),
+            mlflow_tracking_uri="",
+            parent_run_id="",
+        )
 
 
 def test_stage_runs_nest_under_the_parent_run(tmp_path, twin_tiny, monkeypatch):
@@ -144,11 +158,72 @@ def test_stage_runs_nest_under_the_parent_run(tmp_path, twin_tiny, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert main(["kfp", "parent-run", "--data-hash", "abc", "--out", "parent.txt"]) == 0
-    parent = (tmp_path / "parent.txt").read_text()
-    monkeypatch.setenv("MINDPIPE_PARENT_RUN_ID", parent)
+    parent = parent_run("abc", "")
+    monkeypatch.setenv(PARENT_RUN_ENV, parent)
     assert main(["stage", "validate_raw", "--out", str(tmp_path / "out")]) == 0
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["mindpipe"], output_format="list")
     child = next(r for r in runs if r.info.run_name == "validate_raw")
     assert child.data.tags["mlflow.parentRunId"] == parent
+    assert mlflow.get_run(parent).data.tags["mindpipe.data_hash"] == "abc"
+
+
+def test_run_local_errors_name_the_problem(tmp_path, capsys, monkeypatch):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"].update(data_dir=str(tmp_path / "missing"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    cluster_file = str(ROOT / "deploy" / "cluster.yaml")
+    assert main(["kfp", "run-local", "--cluster", cluster_file, "--pipeline", "nope"]) == 1
+    assert "unknown pipeline 'nope'" in capsys.readouterr().err
+    assert main(["kfp", "run-local", "--cluster", cluster_file]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert not (tmp_path / ".mindpipe").exists()
+
+
+@pytest.mark.slow
+def test_run_local_matches_the_local_runner(tmp_path, twin_tiny, monkeypatch, capsys):
+    """kfp.local runs the decoding pipeline to the same metrics as `mindpipe stage` runs.
+
+    Same data, params and seed, and every stage is deterministic given the seed, so the
+    metrics must be equal, not merely close; only wall-clock measurements (``*seconds``,
+    ``*_per_s``) differ between two runs and are left out.
+    """
+    import mlflow
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"].update(profile="tiny", data_dir=str(twin_tiny), artifacts_dir="artifacts")
+    for name, values in {**TINY_MODELS, "mlip": {**TINY_MODELS["mlip"], "epochs": 2}}.items():
+        params[name].update(values)
+    local, kfp_dir = tmp_path / "local", tmp_path / "kfp"  # each with its own (cold) caches
+    for project in (local, kfp_dir):
+        project.mkdir()
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    stages = [s.name for s in subset(PIPELINES["decoding"])]
+    monkeypatch.chdir(local)
+    for name in stages:
+        assert main(["stage", name]) == 0, name
+    monkeypatch.chdir(kfp_dir)
+    cluster_file = str(ROOT / "deploy" / "cluster.yaml")
+    assert main(["kfp", "run-local", "--cluster", cluster_file, "--root", "kl"]) == 0
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[-len(stages) :])
+    assert sorted(printed) == sorted(stages)
+    for name in stages:
+        expected = _untimed(local / "artifacts" / name / "metrics.json")
+        assert _untimed(Path(printed[name]) / "metrics.json") == expected, name
+    assert len(_untimed(Path(printed["evaluate"]) / "metrics.json")) > 10
+    # the kfp.local stage runs nest under the pipeline's parent run
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["mindpipe"], output_format="list")
+    parent = next(r for r in runs if r.info.run_name == "mindpipe-kfp")
+    children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    assert children == set(stages)
+    assert parent.data.tags["mindpipe.data_hash"] == dataset_hash(twin_tiny)
+
+
+def _untimed(metrics_file: Path) -> dict[str, float]:
+    """A stage's metrics without its wall-clock measurements."""
+    metrics = json.loads(metrics_file.read_text())
+    return {k: v for k, v in metrics.items() if not k.endswith(("seconds", "_per_s"))}

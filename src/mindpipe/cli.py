@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     kcompile = kfp_sub.add_parser("compile", help="regenerate components/ and pipelines/")
     kcompile.add_argument("--cluster", default="deploy/cluster.yaml", help="images, GPU pool")
     kcompile.add_argument("--check", action="store_true", help="exit 1 if stale; write nothing")
-    kparent = kfp_sub.add_parser("parent-run", help="create the parent MLflow run (KFP task)")
-    kparent.add_argument("--name", default="mindpipe-kfp", help="MLflow run name")
-    kparent.add_argument("--data-hash", default="", help="recorded as a tag")
-    kparent.add_argument("--out", required=True, help="file to write the run id to")
+    klocal = kfp_sub.add_parser("run-local", help="run a pipeline here with kfp.local")
+    klocal.add_argument("--pipeline", default="decoding", help="a name in PIPELINES")
+    klocal.add_argument("--params", default="params.yaml", help="its base.data_dir is the data")
+    klocal.add_argument("--cluster", default="deploy/cluster.yaml", help="images, GPU pool")
+    klocal.add_argument("--root", default=".mindpipe/kfp_local", help="outputs: ROOT/<time>/")
+    klocal.add_argument("--mlflow-uri", default="", help="default: MLFLOW_TRACKING_URI")
     ksubmit = kfp_sub.add_parser("submit", help="upload a compiled pipeline and start a run")
     ksubmit.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080")
     ksubmit.add_argument("--pipeline", default="decoding", help="pipelines/NAME.yaml")
@@ -227,12 +229,13 @@ def cmd_kfp(args: argparse.Namespace) -> int:
     from mindpipe.kfp.pipelines import write_all
     from mindpipe.kfp.submit import dvc_data_hash, submit
 
-    if args.kfp_command == "parent-run":
-        from mindpipe.tracking.runs import start_parent_run
+    if args.kfp_command == "run-local":
+        from mindpipe.kfp.local import run_local
 
-        run_id = start_parent_run(args.name, {"mindpipe.data_hash": args.data_hash})
-        Path(args.out).write_text(run_id)
-        print(run_id)
+        cluster = load_cluster_config(args.cluster)
+        outs = run_local(args.pipeline, args.params, cluster, Path(args.root), args.mlflow_uri)
+        for stage, path in outs.items():
+            print(f"{stage:<14} {path}")
         return 0
     if args.kfp_command == "compile":
         stale = write_all(Path("."), load_cluster_config(args.cluster), check=args.check)

@@ -157,6 +157,17 @@ STAGES: tuple[Stage, ...] = (
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(
+        name="reconstruct",
+        description="unCLIP-style diffusers generator trained on the train images' CLIP "
+        "embeddings; reconstructs test images from fMRI-decoded embeddings (PixCorr, SSIM).",
+        func="mindpipe.recipes.reconstruct:reconstruct",
+        params_cls="mindpipe.recipes.reconstruct:ReconstructParams",
+        inputs={"data_dir": DATA, "features_dir": "features", "decoder_dir": "litemind"},
+        code=("models", "recipes"),
+        plots=("plots/grid.png",),
+        resources=Resources(cpu="4", memory="16Gi", gpu=1),
+    ),
+    Stage(
         name="evaluate",
         description="Top-1 retrieval among 300 (both directions) for every decoder, as a ratio "
         "to the oracle; comparison table and plot.",

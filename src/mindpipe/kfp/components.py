@@ -1,7 +1,10 @@
-"""One KFP component per registry stage, written as component YAML under components/.
+"""One KFP lightweight Python component per registry stage, generated from the registry.
 
-Each component runs ``mindpipe stage NAME`` in the project image with explicit ``--input`` and
-``--out`` folders, i.e. the same stage function through the same runner as a local run. Inputs:
+Each component's body is one call, ``mindpipe.kfp.task.run_task``, i.e. the same stage function
+through the same runner and CLI path as a local run; its base image is the project image
+(deploy/cluster.yaml), which has mindpipe and kfp installed, so nothing is pip-installed at
+run time. Being a Python (not container) component, the same component also runs under
+``kfp.local.SubprocessRunner``. Inputs:
 
 - ``data_dir`` (string): where the raw dataset is mounted (PVC path) for ``DATA`` inputs;
 - one artifact per upstream stage it reads (the upstream component's ``out_dir``);
@@ -12,11 +15,12 @@ Each component runs ``mindpipe stage NAME`` in the project image with explicit `
 - ``parent_run_id`` (string): the pipeline run's parent MLflow run, made by the first task.
 """
 
-from __future__ import annotations
+import linecache
+from collections.abc import Callable
 
-from typing import Any
-
-import yaml
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Output
+from kfp.dsl.python_component import PythonComponent
 
 from mindpipe.kfp.config import ClusterConfig
 from mindpipe.stages import DATA, Stage
@@ -25,103 +29,67 @@ OUTPUT = "out_dir"
 COMMON_INPUTS = ("data_dir", "params_yaml", "data_hash", "mlflow_tracking_uri", "parent_run_id")
 PARENT_COMPONENT = "mlflow_parent_run"
 
-# $0: params text, $1: tracking URI, $2: data hash (cache key only), $3: parent MLflow run id
-# ($0 is not part of "$@", hence `shift 3`);
-# the rest go to mindpipe.
-_SCRIPT = (
-    'printf "%s" "$0" > /tmp/params.yaml\n'
-    'if [ -n "$1" ]; then export MLFLOW_TRACKING_URI="$1"; fi\n'
-    'export MINDPIPE_DATA_HASH="$2"\n'
-    'export MINDPIPE_PARENT_RUN_ID="$3"\n'
-    "shift 3\n"
-    'exec mindpipe stage {name} --params /tmp/params.yaml "$@"\n'
-)
-_URI_INPUT = {
-    "name": "mlflow_tracking_uri",
-    "type": "String",
-    "default": "",
-    "optional": True,
-    "description": "MLflow server (empty: the image's default)",
-}
-
 
 def artifact_inputs(stage: Stage) -> list[str]:
     """Stage inputs that are upstream outputs (artifacts), in registry order."""
     return [kwarg for kwarg, src in stage.inputs.items() if src != DATA]
 
 
-def component_spec(stage: Stage, cluster: ClusterConfig) -> dict[str, Any]:
-    """The component YAML (KFP's container component format) for ``stage``."""
-    inputs: list[dict[str, Any]] = [
-        {"name": "data_dir", "type": "String", "description": "mounted raw dataset folder"},
-        {"name": "params_yaml", "type": "String", "description": "params.yaml text"},
-        {"name": "data_hash", "type": "String", "description": "DVC md5 of the dataset"},
-        _URI_INPUT,
-        {"name": "parent_run_id", "type": "String", "description": "MLflow run to nest under"},
+def component_source(stage: Stage) -> str:
+    """Python source of ``stage``'s component function (KFP ships a function's source)."""
+    arts = artifact_inputs(stage)
+    args = [
+        "data_dir: str",
+        "params_yaml: str",
+        "data_hash: str",
+        "parent_run_id: str",
+        *(f"{kwarg}: Input[Artifact]" for kwarg in arts),
+        f"{OUTPUT}: Output[Artifact]",
+        'mlflow_tracking_uri: str = ""',
     ]
-    inputs += [
-        {"name": kwarg, "description": f"output of {stage.inputs[kwarg]}"}
-        for kwarg in artifact_inputs(stage)
-    ]
-    args: list[Any] = [
-        {"inputValue": "params_yaml"},
-        {"inputValue": "mlflow_tracking_uri"},
-        {"inputValue": "data_hash"},
-        {"inputValue": "parent_run_id"},
-    ]
-    for kwarg, src in stage.inputs.items():
-        where = {"inputValue": "data_dir"} if src == DATA else {"inputPath": kwarg}
-        args += ["--input", {"concat": [f"{kwarg}=", where]}]
-    args += ["--out", {"outputPath": OUTPUT}]
-    return {
-        "name": stage.name,
-        "description": stage.description,
-        "inputs": inputs,
-        "outputs": [{"name": OUTPUT, "description": f"artifacts/{stage.name} folder"}],
-        "implementation": {
-            "container": {
-                "image": cluster.image_for(stage.resources.gpu),
-                "command": ["sh", "-ec", _SCRIPT.format(name=stage.name)],
-                "args": args,
-            }
-        },
-    }
-
-
-def parent_run_spec(cluster: ClusterConfig) -> dict[str, Any]:
-    """The first task of every pipeline: one parent MLflow run that all stage runs nest under."""
-    script = (
-        'if [ -n "$0" ]; then export MLFLOW_TRACKING_URI="$0"; fi\n'
-        'mkdir -p "$(dirname "$2")"\n'
-        'exec mindpipe kfp parent-run --name mindpipe-kfp --data-hash "$1" --out "$2"\n'
+    paths = ", ".join(
+        f'"{kwarg}": ' + ("data_dir" if src == DATA else f"{kwarg}.path")
+        for kwarg, src in stage.inputs.items()
     )
-    return {
-        "name": PARENT_COMPONENT,
-        "description": "create the parent MLflow run of this pipeline run",
-        "inputs": [
-            _URI_INPUT,
-            {"name": "data_hash", "type": "String", "description": "DVC md5 of the dataset"},
-        ],
-        "outputs": [{"name": "run_id", "type": "String", "description": "MLflow run id"}],
-        "implementation": {
-            "container": {
-                "image": cluster.cpu_image,
-                "command": ["sh", "-ec", script],
-                "args": [
-                    {"inputValue": "mlflow_tracking_uri"},
-                    {"inputValue": "data_hash"},
-                    {"outputPath": "run_id"},
-                ],
-            }
-        },
-    }
+    sig = "".join(f"    {arg},\n" for arg in args)
+    return (
+        f"def {stage.name}(\n{sig}):\n"
+        f"    {stage.description!r}\n"
+        "    from mindpipe.kfp.task import run_task\n\n"
+        "    run_task(\n"
+        f'        "{stage.name}",\n'
+        "        params_yaml=params_yaml,\n"
+        f"        inputs={{{paths}}},\n"
+        f"        out={OUTPUT}.path,\n"
+        "        mlflow_tracking_uri=mlflow_tracking_uri,\n"
+        "        parent_run_id=parent_run_id,\n"
+        "    )\n"
+    )
 
 
-def render(spec: dict[str, Any]) -> str:
-    """Deterministic YAML text (fixed key order, no timestamps)."""
-    header = "# Generated by `mindpipe kfp compile` from the stage registry; do not edit.\n"
-    return header + yaml.safe_dump(spec, sort_keys=False, width=100)
+def _function(name: str, source: str) -> Callable[..., None]:
+    """Define ``source``'s function; register its text so ``inspect.getsource`` (KFP) finds it."""
+    filename = f"<mindpipe-kfp-component {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"Artifact": Artifact, "Input": Input, "Output": Output}
+    exec(compile(source, filename, "exec", dont_inherit=True), namespace)
+    return namespace[name]
 
 
-def render_component(stage: Stage, cluster: ClusterConfig) -> str:
-    return render(component_spec(stage, cluster))
+def stage_component(stage: Stage, cluster: ClusterConfig) -> PythonComponent:
+    """The KFP component of ``stage``, on the CPU or CUDA project image."""
+    func = _function(stage.name, component_source(stage))
+    image = cluster.image_for(stage.resources.gpu)
+    return dsl.component(base_image=image, install_kfp_package=False)(func)
+
+
+def mlflow_parent_run(data_hash: str, mlflow_tracking_uri: str = "") -> str:
+    """Create the parent MLflow run of this pipeline run."""
+    from mindpipe.kfp.task import parent_run
+
+    return parent_run(data_hash, mlflow_tracking_uri)
+
+
+def parent_run_component(cluster: ClusterConfig) -> PythonComponent:
+    """The first task of every pipeline: one parent MLflow run that all stage runs nest under."""
+    return dsl.component(base_image=cluster.cpu_image, install_kfp_package=False)(mlflow_parent_run)

@@ -10,16 +10,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from kfp import compiler, components, dsl, kubernetes
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl.base_component import BaseComponent
+from kfp.dsl.python_component import PythonComponent
 
 from mindpipe.exceptions import MindpipeError
 from mindpipe.kfp.components import (
     OUTPUT,
     PARENT_COMPONENT,
     artifact_inputs,
-    parent_run_spec,
-    render,
-    render_component,
+    parent_run_component,
+    stage_component,
 )
 from mindpipe.kfp.config import ClusterConfig
 from mindpipe.stages import STAGES, Stage, get_stage
@@ -70,27 +71,27 @@ def _configure(task: dsl.PipelineTask, stage: Stage, cluster: ClusterConfig) -> 
 
 
 class _Components:
-    """Component objects loaded back from their YAML, so pipelines use exactly what ships."""
+    """Each stage's component, built once per compilation from the registry."""
 
     def __init__(self, cluster: ClusterConfig) -> None:
         self.cluster = cluster
-        self._cache: dict[str, Callable[..., dsl.PipelineTask]] = {}
+        self._cache: dict[str, PythonComponent] = {}
 
-    def __call__(self, stage: Stage) -> Callable[..., dsl.PipelineTask]:
+    def __call__(self, stage: Stage) -> PythonComponent:
         if stage.name not in self._cache:
-            text = render_component(stage, self.cluster)
-            self._cache[stage.name] = components.load_component_from_text(text)
+            self._cache[stage.name] = stage_component(stage, self.cluster)
         return self._cache[stage.name]
 
 
 def _parent_run(cluster: ClusterConfig, mlflow_tracking_uri: str, data_hash: str) -> object:
     """The parent MLflow run's id; never cached, so each pipeline run gets its own parent."""
-    comp = components.load_component_from_text(render(parent_run_spec(cluster)))
-    task = comp(mlflow_tracking_uri=mlflow_tracking_uri, data_hash=data_hash)
+    task = parent_run_component(cluster)(
+        data_hash=data_hash, mlflow_tracking_uri=mlflow_tracking_uri
+    )
     task.set_display_name("mlflow parent run")
     task.set_cpu_request("0.5").set_memory_request("512Mi")
     task.set_caching_options(False)
-    return task.outputs["run_id"]
+    return task.output
 
 
 def _add_stages(
@@ -173,15 +174,20 @@ def _closure(stage: Stage) -> tuple[str, ...]:
 
 def render_all(cluster: ClusterConfig) -> dict[str, str]:
     """Relative path -> file text for everything under components/ and pipelines/."""
-    files = {f"components/{s.name}.yaml": render_component(s, cluster) for s in STAGES}
-    files[f"components/{PARENT_COMPONENT}.yaml"] = render(parent_run_spec(cluster))
-    builders = {name: build_pipeline(name, cluster) for name in PIPELINES}
-    builders[f"sweep_{SWEEP_STAGE}"] = build_sweep(cluster)
+    comps = _Components(cluster)
+    builders: dict[str, BaseComponent | Callable[..., None]] = {
+        f"components/{s.name}.yaml": comps(s) for s in STAGES
+    }
+    builders[f"components/{PARENT_COMPONENT}.yaml"] = parent_run_component(cluster)
+    for name in PIPELINES:
+        builders[f"pipelines/{name}.yaml"] = build_pipeline(name, cluster)
+    builders[f"pipelines/sweep_{SWEEP_STAGE}.yaml"] = build_sweep(cluster)
+    files = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, func in builders.items():
-            out = Path(tmp) / f"{name}.yaml"
+        for rel, func in builders.items():
+            out = Path(tmp) / "spec.yaml"
             compiler.Compiler().compile(func, str(out))
-            files[f"pipelines/{name}.yaml"] = out.read_text()
+            files[rel] = out.read_text()
     return files
 
 

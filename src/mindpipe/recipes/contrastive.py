@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.1

@@ -35,7 +35,7 @@ DECODERS = ("litemind", "mindeye_mlp")
 class LiteMindParams:
     """``litemind:`` section: backbone sizes, the MLP baseline's size, and the shared budget."""
 
-    patch_size: int = 8
+    patch_size: int = 16
     widths: tuple[int, ...] = (64, 32)
     depths: tuple[int, ...] = (2, 2)
     dropout: float = 0.1

@@ -1,0 +1,243 @@
+"""The ``reconstruct`` stage: images from fMRI through an unCLIP-style generator.
+
+The generator (``models/unclip.py``) is trained on the TRAIN stimuli conditioned on their true
+cached CLIP image embeddings, then fed each subject's test embeddings as decoded from fMRI by a
+``litemind``-stage decoder, and once the true test embeddings (the ceiling: what a perfect
+decoder would give). PixCorr and SSIM are scored against the stimuli and against a shuffled-pair
+control (each reconstruction paired with the next test stimulus), so "looks like the stimulus"
+is measured against "looks like a twin image in general".
+
+Training and sampling run at ``image_size`` (default 16 px for the 64 px default twin, so a
+CPU-only run stays within a few minutes); reconstructions are upsampled bilinearly to the
+stimulus size before scoring and saving.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mindpipe.evaluate.image_metrics import pixcorr, ssim
+from mindpipe.evaluate.predictions import find_decoders, load_predictions
+from mindpipe.exceptions import DataError, ParamsError
+from mindpipe.features.store import FeatureStore
+from mindpipe.io import read_stimuli
+from mindpipe.io.images import load_images
+from mindpipe.models.unclip import UnCLIPGenerator, config_for, save_generator
+from mindpipe.params import BaseParams
+from mindpipe.recipes.contrastive import resolve_device
+from mindpipe.utils import progress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructParams:
+    """``reconstruct:`` section: generator size, training budget, sampler and grid."""
+
+    decoder: str = "litemind"
+    config: str = "micro"
+    image_size: int = 16
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 3e-3
+    ema_decay: float = 0.99
+    sample_steps: int = 10
+    grid_images: int = 8
+    device: str = "auto"
+
+
+def to_unit_range(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, size, size)`` in [-1, 1] (area downsampling)."""
+    x = torch.as_tensor(images, dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1.0
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    return x
+
+
+def to_uint8(x: torch.Tensor, size: int) -> np.ndarray:
+    """float ``(N, 3, h, w)`` in [-1, 1] -> uint8 ``(N, size, size, 3)`` (bilinear upsampling)."""
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")
+    x = ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def unit_rows(embedding: np.ndarray) -> torch.Tensor:
+    """L2-normalised rows: decoders are trained on cosine similarity, so only direction counts."""
+    e = torch.as_tensor(np.asarray(embedding, dtype=np.float32))
+    return e / e.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def train_generator(
+    images: torch.Tensor,
+    embeddings: torch.Tensor,
+    params: ReconstructParams,
+    device: torch.device,
+    seed: int,
+) -> UnCLIPGenerator:
+    """AdamW, learning rate cosine-decayed to 0; returns the EMA of the weights (eval mode).
+
+    The EMA is what is sampled: a small generator trained for few steps jitters between
+    minibatches, and averaging the last few hundred steps gives steadier reconstructions.
+    """
+    torch.manual_seed(seed)
+    model = UnCLIPGenerator(config_for(params.image_size, embeddings.shape[1], params.config))
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.steps)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    images, embeddings = images.to(device), embeddings.to(device)
+    n = len(images)
+    for _ in progress(range(params.steps), desc="reconstruct train"):
+        idx = torch.randint(0, n, (min(params.batch_size, n),), generator=gen, device=device)
+        loss = model.denoising_loss(images[idx], embeddings[idx], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+                e.lerp_(p, 1.0 - params.ema_decay)
+    logger.info("reconstruct: final training loss %.4f", loss.item())
+    return ema
+
+
+def generate(
+    model: UnCLIPGenerator,
+    embeddings: torch.Tensor,
+    params: ReconstructParams,
+    out_size: int,
+    seed: int,
+    batch: int = 256,
+) -> np.ndarray:
+    """uint8 ``(N, out_size, out_size, 3)`` reconstructions, deterministic given ``seed``."""
+    device = next(model.parameters()).device
+    chunks = [
+        model.sample(embeddings[i : i + batch].to(device), params.sample_steps, seed + i)
+        for i in range(0, len(embeddings), batch)
+    ]
+    return to_uint8(torch.cat(chunks), out_size)
+
+
+def score(recon: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """PixCorr and SSIM at the stimulus size, paired and against the shuffled-pair control.
+
+    The control pairs reconstruction i with stimulus i+1 (a derangement, so no pair is right
+    by chance); it is the score of an image that resembles the stimulus set but not the trial.
+    """
+    a, b = recon.astype(np.float64) / 255.0, truth.astype(np.float64) / 255.0
+    shuffled = np.roll(b, 1, axis=0)
+    size = truth.shape[1]
+    return {
+        "pixcorr": pixcorr(a, b, size),
+        "pixcorr_shuffled": pixcorr(a, shuffled, size),
+        "ssim": ssim(a, b, size),
+        "ssim_shuffled": ssim(a, shuffled, size),
+    }
+
+
+def write_grid(path: Path, rows: list[np.ndarray], cell: int = 64, pad: int = 2) -> None:
+    """One PNG, one row per uint8 image stack (same count each), cells upscaled to ``cell`` px."""
+    n_rows, n_cols = len(rows), len(rows[0])
+    side = cell + pad
+    canvas = Image.new("RGB", (n_cols * side + pad, n_rows * side + pad), "white")
+    for r, stack in enumerate(rows):
+        for c, img in enumerate(stack):
+            tile = Image.fromarray(img).resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(tile, (pad + c * side, pad + r * side))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def decoded_embeddings(decoder_dir: Path, decoder: str) -> dict[str, dict[str, np.ndarray]]:
+    """``{subject: predictions}`` of the chosen decoder; each must carry ``embedding``."""
+    found = find_decoders("litemind", decoder_dir)
+    if decoder not in found:
+        raise ParamsError(
+            f"reconstruct.decoder={decoder!r} has no predictions in '{decoder_dir}'; "
+            f"available: {sorted(found)}"
+        )
+    preds = load_predictions(found[decoder])
+    if not preds:
+        raise DataError(f"'{found[decoder]}/predictions' holds no sub-*.npz files")
+    for subject, arrays in preds.items():
+        if "embedding" not in arrays:
+            raise DataError(f"{decoder} predictions of {subject} lack the 'embedding' array")
+    return preds
+
+
+def reconstruct(
+    *,
+    data_dir: Path,
+    features_dir: Path,
+    decoder_dir: Path,
+    out_dir: Path,
+    params: ReconstructParams,
+    base: BaseParams,
+) -> dict[str, float]:
+    store = FeatureStore(features_dir)
+    preds = decoded_embeddings(decoder_dir, params.decoder)
+    device = resolve_device(params.device)
+    stimuli = read_stimuli(data_dir)
+    train = stimuli[stimuli["split"] == "train"]
+    test = stimuli[stimuli["split"] == "test"].set_index("stim_id", drop=False)
+    train_images = load_images(data_dir, train)
+    size = train_images.shape[1]
+
+    start = time.perf_counter()
+    model = train_generator(
+        to_unit_range(train_images, params.image_size),
+        unit_rows(store.image_pooled(train["stim_id"].to_numpy())),
+        params,
+        device,
+        base.seed,
+    )
+    metrics: dict[str, float] = {"train_seconds": time.perf_counter() - start}
+    save_generator(model.cpu(), out_dir / "model")
+    model.to(device)
+
+    recon_dir = out_dir / "recon"
+    (recon_dir / params.decoder).mkdir(parents=True)
+    ids = np.asarray(next(iter(preds.values()))["stim_id"])  # the first subject's test order
+    truth = load_images(data_dir, test.loc[ids])
+    ceiling = generate(model, unit_rows(store.image_pooled(ids)), params, size, base.seed)
+    np.savez(recon_dir / "true_embedding.npz", stim_id=ids, images=ceiling)
+    metrics |= {f"ceiling.{k}": v for k, v in score(ceiling, truth).items()}
+
+    first_recon = None
+    per_subject = []
+    for subject, arrays in progress(preds.items(), desc="reconstruct subjects"):
+        sub_ids = np.asarray(arrays["stim_id"])
+        recon = generate(model, unit_rows(arrays["embedding"]), params, size, base.seed)
+        np.savez(recon_dir / params.decoder / f"{subject}.npz", stim_id=sub_ids, images=recon)
+        scores = score(recon, load_images(data_dir, test.loc[sub_ids]))
+        per_subject.append(scores)
+        metrics |= {f"{params.decoder}.{subject}.{k}": v for k, v in scores.items()}
+        first_recon = recon if first_recon is None else first_recon
+    for key in per_subject[0]:
+        metrics[f"{params.decoder}.{key}"] = float(np.mean([s[key] for s in per_subject]))
+
+    k = min(params.grid_images, len(ids))
+    write_grid(out_dir / "plots" / "grid.png", [truth[:k], ceiling[:k], first_recon[:k]])
+    logger.info(
+        "reconstruct: PixCorr ceiling %.3f (shuffled %.3f), %s %.3f; SSIM ceiling %.3f "
+        "(shuffled %.3f), %s %.3f",
+        metrics["ceiling.pixcorr"],
+        metrics["ceiling.pixcorr_shuffled"],
+        params.decoder,
+        metrics[f"{params.decoder}.pixcorr"],
+        metrics["ceiling.ssim"],
+        metrics["ceiling.ssim_shuffled"],
+        params.decoder,
+        metrics[f"{params.decoder}.ssim"],
+    )
+    return metrics
