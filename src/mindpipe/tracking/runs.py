@@ -30,10 +30,7 @@ def start_parent_run(name: str, tags: dict[str, str]) -> str:
 
     uri = tracking_uri()
     try:
-        mlflow.set_tracking_uri(uri)
-        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-            mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri))
-        mlflow.set_experiment(EXPERIMENT)
+        _use_experiment(mlflow, uri)
         with mlflow.start_run(run_name=name, tags=tags) as run:
             return str(run.info.run_id)
     except Exception as exc:
@@ -63,10 +60,7 @@ def log_stage_run(
 
     uri = tracking_uri()
     try:
-        mlflow.set_tracking_uri(uri)
-        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-            mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri))
-        mlflow.set_experiment(EXPERIMENT)
+        _use_experiment(mlflow, uri)
         parent = os.environ.get(PARENT_RUN_ENV) or None
         with mlflow.start_run(run_name=stage, tags=tags, parent_run_id=parent) as run:
             mlflow.log_params(_flatten(params))
@@ -98,6 +92,14 @@ def _by_step(steps: dict[str, list[list[float]]]) -> dict[int, dict[str, float]]
         for step, value in pairs:
             out.setdefault(int(step), {})[name] = float(value)
     return out
+
+
+def _use_experiment(mlflow, uri: str) -> None:
+    """Point mlflow at ``uri`` and the project's experiment, creating it on first use."""
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri))
+    mlflow.set_experiment(EXPERIMENT)
 
 
 def _artifact_root(uri: str) -> str | None:
