@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from open_clip.transformer import ResidualAttentionBlock, TextTransformer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from mindpipe.exceptions import MindpipeError
+from mindpipe.models.checkpoint import save_checkpoint
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
@@ -265,11 +266,7 @@ def build_mlip(config: MLIPConfig) -> MLIP:
 
 def save_mlip(model: MLIP, directory: str | Path) -> None:
     """``directory/model.safetensors`` + ``directory/config.json`` (the folder is created)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(dataclasses.asdict(model.config), indent=1))
+    save_checkpoint(directory, model)
 
 
 def load_mlip(directory: str | Path, device: str | torch.device = "cpu") -> MLIP:

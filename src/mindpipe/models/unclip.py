@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from mindpipe.exceptions import MissingWeightsError
+from mindpipe.models.checkpoint import save_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +137,7 @@ class UnCLIPGenerator(nn.Module):
 
 def save_generator(model: UnCLIPGenerator, folder: Path) -> None:
     """Write ``config.json`` + ``model.safetensors``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(model.config), indent=2))
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
+    save_checkpoint(folder, model)
 
 
 def load_generator(folder: Path) -> UnCLIPGenerator:

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from mindpipe.evaluate.predictions import save_predictions
 from mindpipe.evaluate.retrieval import cosine_similarity
 from mindpipe.features.store import FeatureStore
 from mindpipe.io.betas import list_subjects, load_betas
+from mindpipe.models.checkpoint import save_checkpoint
 from mindpipe.models.litemind import LiteMind, LiteMindConfig
 from mindpipe.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
 from mindpipe.params import BaseParams
 from mindpipe.recipes.contrastive import TrainConfig, fit_contrastive, predict, resolve_device
-from mindpipe.utils import progress, write_json
+from mindpipe.utils import progress
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def train_litemind(
                 embedding=decoded.astype(np.float32),
                 target=np.asarray(test_y, dtype=np.float32),
             )
-            _save_model(out_dir / kind / "models" / subject, model)
+            folder = out_dir / kind / "models" / subject
+            save_checkpoint(folder, model, kind=type(model).__name__)
             n_params = sum(p.numel() for p in model.parameters())
             metrics |= {
                 f"{kind}.{subject}.val_top1": result.val_top1,
@@ -116,11 +117,3 @@ def train_litemind(
         metrics["litemind.n_params"] / metrics["mindeye_mlp.n_params"]
     )
     return metrics
-
-
-def _save_model(folder: Path, model: torch.nn.Module) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    config = dataclasses.asdict(model.config)
-    write_json(folder / "config.json", {"kind": type(model).__name__, **config})
