@@ -1,25 +1,37 @@
 """One site of the federation as a Flower ``NumPyClient``.
 
-The same object serves a real site (``flwr.client.ClientApp(client_fn=lambda ctx:
-SiteClient(...).to_client())``) and the in-process simulation. What travels: the shared model
-weights (every site keeps its own fMRI encoder, since voxel spaces differ and never leave the
-site) and, for PmcmFL, the prototype library. Config keys: ``round`` and ``strategy``.
+The same object serves a real site (``flwr.client.ClientApp(client_fn=...)``), Flower's
+simulation engine and the in-process engine (``federated.simulation``). What travels: the shared
+model weights and, for PmcmFL, the prototype library. The site's own fMRI encoder (voxel spaces
+differ) never leaves the site: it lives in the site's ``state_file``, so a client rebuilt for
+every message (as Flower's simulation does) resumes where the last round left it.
+
+How a missing modality's slot is filled (config ``strategy``):
+
+* ``pmcmfl``: the global prototype of the item's class (training; the paper's "masking") or of
+  the class nearest the present representations (inference);
+* ``fedavg``: an N(0, 1) vector, the paper's baseline without prototypes;
+* ``fedavg_zero``: zeros, which the fusion's LayerNorm turns into a constant "missing" code
+  (a stronger baseline than the paper's).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from flwr.client import NumPyClient
+from safetensors.torch import load_file, save_file
 
 from mindpipe.federated.data import Site, Split
 from mindpipe.models.pmcmfl import MODALITIES, PmcmFLClassifier, PrototypeLibrary
 
 FUSION = len(MODALITIES)  # index of the fused representation in PrototypeLibrary
+FILLS = ("pmcmfl", "fedavg", "fedavg_zero")  # strategy names, by how missing slots are filled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,23 +49,30 @@ class LocalTraining:
 
 
 class SiteClient(NumPyClient):
-    """Trains the site's copy of the model; ``fail_round`` makes ``fit`` raise (a dropped site)."""
+    """Site ``index`` of the federation; ``fail_round`` makes ``fit`` raise (a dropped site)."""
 
     def __init__(
         self,
         site: Site,
+        index: int,
         model: PmcmFLClassifier,
         train: LocalTraining,
         seed: int,
+        state_file: Path,
         fail_round: int = 0,
     ) -> None:
-        self.site, self.model, self.train, self.seed = site, model, train, seed
-        self.fail_round = fail_round
+        self.site, self.index, self.model, self.train, self.seed = site, index, model, train, seed
+        self.state_file, self.fail_round = Path(state_file), fail_round
         self.keys = model.shared_keys()
         n_classes, dim = model.cfg.n_classes, model.cfg.dim
         self.library = PrototypeLibrary.empty(n_classes, dim)
+        if self.state_file.exists():
+            self.model.load_state_dict(load_file(self.state_file), strict=False)
 
     # ---------------------------------------------------------------- Flower interface
+    def get_properties(self, config: dict) -> dict:
+        return {"site": self.index, "name": self.site.name}
+
     def get_parameters(self, config: dict) -> list[np.ndarray]:
         state = self.model.state_dict()
         return [state[k].detach().cpu().numpy() for k in self.keys]
@@ -64,24 +83,41 @@ class SiteClient(NumPyClient):
             raise RuntimeError(f"site {self.site.name} dropped out in round {rnd} (injected)")
         self._load(parameters, strategy)
         loss = self._train_round(rnd, strategy)
+        self._save_private()
         out = self.get_parameters(config)
         if strategy == "pmcmfl":
             local = self._local_library()
             out += [local.protos, local.counts]
-        return out, len(self.site.train), {"loss": loss}
+        return out, len(self.site.train), {"loss": loss, "site": self.index}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
+        """Test accuracy with complete inputs and with fMRI alone, and val accuracy."""
         strategy = str(config["strategy"])
         self._load(parameters, strategy)
-        split: Split = getattr(self.site, str(config.get("split", "test")))
+        test, val = self.site.test, self.site.val
         uni = dataclasses.replace(
-            split, present=np.eye(len(MODALITIES), dtype=bool)[[0] * len(split)]
+            test, present=np.eye(len(MODALITIES), dtype=bool)[[0] * len(test)]
         )
-        acc = self.accuracy(split, strategy)
-        acc_uni = self.accuracy(uni, strategy)
-        return 1.0 - acc, len(split), {"accuracy": acc, "accuracy_uni": acc_uni}
+        metrics = {
+            "site": self.index,
+            "name": self.site.name,
+            "accuracy": self.accuracy(test, strategy),
+            "accuracy_uni": self.accuracy(uni, strategy),
+            "val_accuracy": self.accuracy(val, strategy),
+            "n_val": len(val),
+        }
+        return 1.0 - metrics["accuracy"], len(test), metrics
 
     # ---------------------------------------------------------------- internals
+    def _save_private(self) -> None:
+        """The site's own weights, written atomically to its state file."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        private = {k: v for k, v in state.items() if k not in self.keys}
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        save_file(private, str(tmp))
+        tmp.replace(self.state_file)
+
     def _load(self, parameters: list[np.ndarray], strategy: str) -> None:
         n = len(self.keys)
         state = OrderedDict(
@@ -111,10 +147,7 @@ class SiteClient(NumPyClient):
             for idx in torch.randperm(len(labels)).split(cfg.batch_size):
                 y, mask = labels[idx], present[idx]
                 reps = self.model.encode(fmri[idx], image[idx], text[idx])
-                if strategy == "pmcmfl":
-                    filled = _fill_with_prototypes(reps, mask, protos, known, y)
-                else:
-                    filled = reps * mask[..., None]
+                filled = _fill(reps, mask, strategy, protos, known, y)
                 fused = self.model.fuse(filled)
                 loss = F.cross_entropy(self.model.head(fused), y)
                 if use_proximal:
@@ -164,31 +197,36 @@ class SiteClient(NumPyClient):
     @torch.no_grad()
     def accuracy(self, split: Split, strategy: str) -> float:
         """Top-1 accuracy; PmcmFL fills missing modalities with the prototypes of the class
-        whose prototypes lie nearest the present representations, FedAvg with zeros."""
+        whose prototypes lie nearest the present representations."""
         self.model.eval()
+        torch.manual_seed(self.seed)  # the same random fill for every evaluation
         fmri, image, text, labels, present = self._tensors(split)
         reps = self.model.encode(fmri, image, text)
-        if strategy == "pmcmfl":
-            protos = torch.from_numpy(self.library.protos)
-            known = torch.from_numpy(self.library.known())
-            guess = _nearest_class(reps, present, protos, known)
-            filled = _fill_with_prototypes(reps, present, protos, known, guess)
-        else:
-            filled = reps * present[..., None]
+        protos = torch.from_numpy(self.library.protos)
+        known = torch.from_numpy(self.library.known())
+        guess = _nearest_class(reps, present, protos, known) if strategy == "pmcmfl" else labels
+        filled = _fill(reps, present, strategy, protos, known, guess)
         pred = self.model.head(self.model.fuse(filled)).argmax(1)
         return float((pred == labels).float().mean())
 
 
-def _fill_with_prototypes(
+def _fill(
     reps: torch.Tensor,
     mask: torch.Tensor,
+    strategy: str,
     protos: torch.Tensor,
     known: torch.Tensor,
     cls: torch.Tensor,
 ) -> torch.Tensor:
-    """Prototype mask: missing slots take the global prototype of ``cls`` (zero if unknown)."""
-    fill = protos[: len(MODALITIES), cls].transpose(0, 1)  # (n, 3, dim)
-    fill = fill * known[: len(MODALITIES), cls].T[..., None]
+    """Missing slots (``mask`` False) filled as ``strategy`` does (see the module docstring);
+    ``cls`` picks the prototypes (PmcmFL's prototype mask: zero for a class nobody saw)."""
+    if strategy == "pmcmfl":
+        fill = protos[: len(MODALITIES), cls].transpose(0, 1)  # (n, 3, dim)
+        fill = fill * known[: len(MODALITIES), cls].T[..., None]
+    elif strategy == "fedavg":
+        fill = torch.randn_like(reps)
+    else:
+        fill = torch.zeros_like(reps)
     return torch.where(mask[..., None], reps, fill)
 
 

@@ -1,30 +1,51 @@
-"""Run federated rounds over in-process ``SiteClient``s, surviving sites that fail.
+"""Run a federation with Flower: its simulation engine, or its server loop in one process.
 
-Flower's ``run_simulation`` (Ray backend) took ~10 s of start-up per simulation on the 2-core
-build machine, which the test budget cannot pay four times per stage run; the rounds here call
-the same ``NumPyClient.fit/evaluate`` a Flower server would, so sites are unchanged on a real
-deployment. A site whose ``fit`` raises is logged and left out of that round; a round with no
-successful site keeps the previous global model, so the result is always the last completed
-round's.
+* ``simulation``: ``flwr.simulation.run_simulation`` (a ``ServerApp`` and a ``ClientApp`` on
+  Ray's virtual nodes, clients rebuilt for every message), the deployment path.
+* ``inprocess``: Flower's own ``Server`` loop over ``ClientProxy`` objects that call the sites
+  directly: the same strategy, clients and rounds without Ray's ~10 s start-up, for tests.
+
+Both run the sites one at a time on one torch thread: the site models are small MLPs, and on a
+shared 2-core machine torch's intra-op threads cost more in synchronisation than they save.
+With the strategies' site-indexed sampling and ordering, both engines give the same numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
+import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from flwr.common import (
+    Code,
+    DisconnectRes,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    GetParametersIns,
+    GetParametersRes,
+    GetPropertiesIns,
+    GetPropertiesRes,
+)
+from flwr.server import Server, ServerApp, ServerAppComponents, ServerConfig
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
 
+from mindpipe.exceptions import ParamsError
 from mindpipe.federated.client import SiteClient
-from mindpipe.federated.strategies import aggregate, message_bytes
+from mindpipe.federated.strategies import SiteFedAvg
 
-logger = logging.getLogger(__name__)
+ENGINES = ("simulation", "inprocess")
+
+MakeClient = Callable[[int], SiteClient]  # site index -> that site's client
 
 
 @dataclasses.dataclass
 class History:
-    """Per-round records and the final global message."""
+    """Per-round records and the last completed round's global message."""
 
     rounds: list[dict[str, float]]
     final: list[np.ndarray]
@@ -32,68 +53,93 @@ class History:
 
 
 def simulate(
-    clients: list[SiteClient], strategy: str, n_rounds: int, clients_per_round: int, seed: int
+    make_client: MakeClient, n_sites: int, strategy: SiteFedAvg, n_rounds: int, engine: str
 ) -> History:
-    """Run ``n_rounds`` of ``strategy``; sites run one after another on one thread each.
-
-    The site models are small MLPs: on a shared 2-core machine, torch's intra-op threads cost
-    ~30x more in synchronisation than they save, so one thread is used and restored after.
-    """
+    """Run ``n_rounds`` of ``strategy`` over sites ``0..n_sites-1`` on ``engine``."""
+    if engine not in ENGINES:
+        raise ParamsError(f"federated.engine: unknown {engine!r}; use one of {ENGINES}")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _rounds(clients, strategy, n_rounds, clients_per_round, seed)
+        if engine == "inprocess":
+            _run_inprocess(make_client, n_sites, strategy, n_rounds)
+        else:
+            _run_flower_simulation(make_client, n_sites, strategy, n_rounds)
     finally:
         torch.set_num_threads(threads)
+    return History(strategy.rounds, strategy.final, strategy.last_completed)
 
 
-def _rounds(
-    clients: list[SiteClient], strategy: str, n_rounds: int, clients_per_round: int, seed: int
-) -> History:
-    rng = np.random.default_rng(seed)
-    n_shared = len(clients[0].keys)
-    global_msg = clients[0].get_parameters({})
-    last_completed = 0
-    rounds = []
-    for rnd in range(1, n_rounds + 1):
-        config = {"round": rnd, "strategy": strategy}
-        chosen = rng.choice(len(clients), size=min(clients_per_round, len(clients)), replace=False)
-        results, failures, sent = [], 0, 0
-        for i in sorted(chosen):
-            sent += message_bytes(global_msg)
-            try:
-                arrays, n, _ = clients[i].fit(global_msg, config)
-            except Exception as exc:  # a dropped site must not stop the federation
-                logger.warning("round %d: site %s failed: %s", rnd, clients[i].site.name, exc)
-                failures += 1
-                continue
-            sent += message_bytes(arrays)
-            results.append((arrays, n))
-        if results:
-            global_msg = aggregate(strategy, results, n_shared)
-            last_completed = rnd
-        record = {"round": float(rnd), "failures": float(failures), "bytes": float(sent)}
-        record.update(evaluate_all(clients, global_msg, strategy))
-        rounds.append(record)
-    return History(rounds, global_msg, last_completed)
+def _run_inprocess(
+    make_client: MakeClient, n_sites: int, strategy: SiteFedAvg, n_rounds: int
+) -> None:
+    manager = SimpleClientManager()
+    for i in range(n_sites):
+        manager.register(LocalProxy(str(i), make_client(i)))
+    server = Server(client_manager=manager, strategy=strategy)
+    server.set_max_workers(1)  # sites share torch's global RNG: one at a time, reproducibly
+    server.fit(num_rounds=n_rounds, timeout=None)
 
 
-def evaluate_all(
-    clients: list[SiteClient], msg: list[np.ndarray], strategy: str
-) -> dict[str, float]:
-    """Pooled test accuracy (complete and fMRI-only), val accuracy, and per-site accuracy."""
-    out: dict[str, float] = {}
-    pooled = {"accuracy": 0.0, "accuracy_uni": 0.0, "val_accuracy": 0.0}
-    n_test = n_val = 0
-    for client in clients:
-        _, n, test = client.evaluate(msg, {"strategy": strategy, "split": "test"})
-        _, m, val = client.evaluate(msg, {"strategy": strategy, "split": "val"})
-        out[f"accuracy_{client.site.name}"] = test["accuracy"]
-        pooled["accuracy"] += test["accuracy"] * n
-        pooled["accuracy_uni"] += test["accuracy_uni"] * n
-        pooled["val_accuracy"] += val["accuracy"] * m
-        n_test, n_val = n_test + n, n_val + m
-    out["accuracy"] = pooled["accuracy"] / n_test
-    out["accuracy_uni"] = pooled["accuracy_uni"] / n_test
-    out["val_accuracy"] = pooled["val_accuracy"] / n_val
-    return out
+def _run_flower_simulation(
+    make_client: MakeClient, n_sites: int, strategy: SiteFedAvg, n_rounds: int
+) -> None:
+    import ray
+    from flwr.client import ClientApp
+    from flwr.simulation import run_simulation
+
+    # Keep Ray's default device handling without its FutureWarning about changing it.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+    def client_fn(context):
+        torch.set_num_threads(1)
+        return make_client(int(context.node_config["partition-id"])).to_client()
+
+    def server_fn(context):
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=n_rounds))
+
+    try:
+        run_simulation(
+            server_app=ServerApp(server_fn=server_fn),
+            client_app=ClientApp(client_fn=client_fn),
+            num_supernodes=n_sites,
+            # One actor: sites run one after another, as in the in-process engine.
+            backend_config={
+                "client_resources": {"num_cpus": 1},
+                "init_args": {"num_cpus": 1, "log_to_driver": False},
+            },
+        )
+    finally:
+        if ray.is_initialized():  # a crashed run leaves Ray's threads holding the process
+            ray.shutdown()
+    if strategy.last_completed == 0 and not strategy.rounds:
+        raise RuntimeError("the Flower simulation ran no round; see the log above for why")
+
+
+class LocalProxy(ClientProxy):
+    """A ``ClientProxy`` that calls a site's client in this process."""
+
+    def __init__(self, cid: str, client: SiteClient) -> None:
+        super().__init__(cid)
+        self.client = client.to_client()
+
+    def get_properties(
+        self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
+    ) -> GetPropertiesRes:
+        return self.client.get_properties(ins)
+
+    def get_parameters(
+        self, ins: GetParametersIns, timeout: float | None, group_id: int | None
+    ) -> GetParametersRes:
+        return self.client.get_parameters(ins)
+
+    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
+        return self.client.fit(ins)
+
+    def evaluate(
+        self, ins: EvaluateIns, timeout: float | None, group_id: int | None
+    ) -> EvaluateRes:
+        return self.client.evaluate(ins)
+
+    def reconnect(self, ins, timeout: float | None, group_id: int | None) -> DisconnectRes:
+        return DisconnectRes(reason=Code.OK.name)

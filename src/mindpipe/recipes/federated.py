@@ -10,6 +10,7 @@ per-round curves (``steps.json``, logged to MLflow with ``step=round``), a plot 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from safetensors.numpy import save_file
 from mindpipe.exceptions import ParamsError
 from mindpipe.federated.client import LocalTraining, SiteClient
 from mindpipe.federated.data import Site, load_sites, skew_and_mask
-from mindpipe.federated.simulation import History, simulate
-from mindpipe.federated.strategies import STRATEGIES
+from mindpipe.federated.simulation import ENGINES, History, simulate
+from mindpipe.federated.strategies import STRATEGIES, build_strategy
 from mindpipe.models.pmcmfl import PmcmFLClassifier, PmcmFLConfig
 from mindpipe.params import BaseParams
 from mindpipe.runner import STEPS_FILE
@@ -35,6 +36,7 @@ class FederatedParams:
     """``federated:`` section (see params.yaml for what each key does)."""
 
     strategies: tuple[str, ...] = STRATEGIES
+    engine: str = "inprocess"
     missing_rates: tuple[float, ...] = (0.0, 0.5)
     rounds: int = 20
     clients_per_round: int = 3
@@ -48,30 +50,65 @@ class FederatedParams:
         unknown = set(self.strategies) - set(STRATEGIES)
         if unknown:
             raise ParamsError(f"federated.strategies: unknown {sorted(unknown)}; use {STRATEGIES}")
+        if self.engine not in ENGINES:
+            raise ParamsError(f"federated.engine: unknown {self.engine!r}; use one of {ENGINES}")
         if not all(0.0 <= p < 1.0 for p in self.missing_rates):
             raise ParamsError(
                 f"federated.missing_rates must lie in [0, 1); got {self.missing_rates}"
             )
 
 
-def build_clients(
-    sites: list[Site], n_classes: int, feature_dim: int, params: FederatedParams, seed: int
-) -> list[SiteClient]:
-    """One client per site; shared weights start identical (same seed) on every site."""
-    clients = []
-    for i, site in enumerate(sites):
-        torch.manual_seed(seed)
-        cfg = PmcmFLConfig(site.n_voxels, feature_dim, n_classes, dim=params.dim)
-        fail = params.fail_round if i == params.fail_site else 0
-        clients.append(SiteClient(site, PmcmFLClassifier(cfg), params.local, seed + i, fail))
-    return clients
+def make_client(
+    index: int,
+    *,
+    sites: list[Site],
+    n_classes: int,
+    feature_dim: int,
+    params: FederatedParams,
+    seed: int,
+    state_dir: Path,
+) -> SiteClient:
+    """Site ``index``'s client: shared weights start identical (same seed) on every site; its
+    own fMRI encoder resumes from ``state_dir/<site>.safetensors`` once it has trained."""
+    site = sites[index]
+    torch.manual_seed(seed)
+    cfg = PmcmFLConfig(site.n_voxels, feature_dim, n_classes, dim=params.dim)
+    fail = params.fail_round if index == params.fail_site else 0
+    state_file = Path(state_dir) / f"{site.name}.safetensors"
+    return SiteClient(
+        site, index, PmcmFLClassifier(cfg), params.local, seed + index, state_file, fail
+    )
+
+
+def run_federation(
+    sites: list[Site],
+    n_classes: int,
+    strategy: str,
+    params: FederatedParams,
+    seed: int,
+    state_dir: Path,
+) -> tuple[History, list[str]]:
+    """One federation of ``sites`` under ``strategy``, and the names of the shared weights;
+    each site's own weights end up in ``state_dir``."""
+    factory = functools.partial(
+        make_client,
+        sites=sites,
+        n_classes=n_classes,
+        feature_dim=sites[0].train.image.shape[1],
+        params=params,
+        seed=seed,
+        state_dir=state_dir,
+    )
+    first = factory(0)
+    initial = first.get_parameters({})
+    server = build_strategy(strategy, initial, len(sites), params.clients_per_round, seed)
+    return simulate(factory, len(sites), server, params.rounds, params.engine), first.keys
 
 
 def train_federated(
     *, betas_dir: Path, features_dir: Path, out_dir: Path, params: FederatedParams, base: BaseParams
 ) -> dict[str, float]:
     complete, classes = load_sites(betas_dir, features_dir)
-    feature_dim = complete[0].train.image.shape[1]
     metrics: dict[str, float] = {"n_sites": float(len(complete)), "n_classes": float(len(classes))}
     steps: dict[str, list[list[float]]] = {}
     rows = []
@@ -81,10 +118,10 @@ def train_federated(
             skew_and_mask(site, len(classes), params.dirichlet_alpha, rate, base.seed + i)
             for i, site in enumerate(complete)
         ]
-        clients = build_clients(sites, len(classes), feature_dim, params, base.seed)
-        history = simulate(clients, strategy, params.rounds, params.clients_per_round, base.seed)
         tag = f"{strategy}_m{round(rate * 100):02d}"
-        _save_model(out_dir / "models" / tag, history, clients)
+        folder = out_dir / "models" / tag
+        history, keys = run_federation(sites, len(classes), strategy, params, base.seed, folder)
+        _save_global(folder, history, keys)
         final = history.rounds[-1]
         metrics[f"{tag}_accuracy"] = final["accuracy"]
         metrics[f"{tag}_accuracy_uni"] = final["accuracy_uni"]
@@ -101,21 +138,13 @@ def train_federated(
     return metrics
 
 
-def _save_model(folder: Path, history: History, clients: list[SiteClient]) -> None:
-    """Last completed round's shared weights (+ prototypes) and each site's own fMRI encoder."""
+def _save_global(folder: Path, history: History, keys: list[str]) -> None:
+    """Last completed round's shared weights (+ prototypes); the sites wrote their own."""
     folder.mkdir(parents=True, exist_ok=True)
-    keys = clients[0].keys
     tensors = {k: np.ascontiguousarray(a) for k, a in zip(keys, history.final, strict=False)}
     if len(history.final) > len(keys):
         tensors["prototypes"], tensors["prototype_counts"] = history.final[len(keys) :]
     save_file(tensors, str(folder / "global.safetensors"))
-    for client in clients:
-        state = {
-            k: v.detach().cpu().numpy()
-            for k, v in client.model.state_dict().items()
-            if k not in keys
-        }
-        save_file(state, str(folder / f"{client.site.name}.safetensors"))
 
 
 def _markdown(rows: list, n_classes: int) -> str:
