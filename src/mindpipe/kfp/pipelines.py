@@ -34,8 +34,10 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "mlip",
         "features",
         "litemind",
+        "reconstruct",
         "evaluate",
     ),
+    "federated": ("validate_raw", "preprocess", "mlip", "features", "federated"),
 }
 SWEEP_STAGE = "baseline"  # the training stage the sweep pipeline fans out over
 
