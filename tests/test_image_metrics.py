@@ -80,3 +80,38 @@ def test_correlation_distance_known_answers():
 def test_shape_mismatch_is_an_error(images):
     with pytest.raises(ValueError, match="image arrays"):
         pixcorr(images, images[:3])
+
+
+def test_reconstruction_table_scores_exact_and_shuffled_reconstructions(twin_tiny, tmp_path):
+    from mindpipe.evaluate.report import (
+        EvaluateParams,
+        _image_markdown,
+        _image_summary,
+        score_reconstructions,
+    )
+    from mindpipe.io import read_stimuli
+    from mindpipe.io.images import load_images
+
+    test = read_stimuli(twin_tiny).query("split == 'test'").head(12)
+    truth = load_images(twin_tiny, test)
+    recon = tmp_path / "recon"
+    for source, images in (("exact", truth), ("shuffled", np.roll(truth, 1, axis=0))):
+        (recon / source).mkdir(parents=True)
+        np.savez(recon / source / "sub-01.npz", stim_id=test["stim_id"], images=images)
+    params = EvaluateParams(image_extractors=("alexnet2",), device="cpu")
+    scores, pretrained = score_reconstructions(twin_tiny, tmp_path, params)
+    exact, shuffled = scores["exact"]["sub-01"], scores["shuffled"]["sub-01"]
+    assert exact["pixcorr"] == pytest.approx(1.0) and exact["ssim"] == pytest.approx(1.0)
+    assert exact["alexnet2"] == 1.0
+    assert shuffled["alexnet2"] < 0.8 and shuffled["pixcorr"] < 0.5
+    table = _image_markdown(_image_summary(scores, pretrained))
+    assert "| exact | 1.000 | 1.000 | 1.000 |" in table
+    assert "seed-0 random networks" in table  # the fallback is stated, not hidden
+
+
+def test_a_weights_folder_without_the_network_is_an_error(twin_tiny, tmp_path):
+    from mindpipe.evaluate.reconstructions import ReconstructionScorer
+    from mindpipe.exceptions import DataError
+
+    with pytest.raises(DataError, match=r"alexnet5\.safetensors"):
+        ReconstructionScorer(twin_tiny, ("alexnet5",), weights_dir=tmp_path)

@@ -169,8 +169,9 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="evaluate",
-        description="Top-1 retrieval among 300 (both directions) for every decoder, as a ratio "
-        "to the oracle; comparison table and plot.",
+        description="Top-1 retrieval among 300 (both directions) and zero-shot for every "
+        "decoder, as a ratio to the oracle; MindEye2's image metrics of the reconstructions; "
+        "comparison tables and plot.",
         func="mindpipe.evaluate.report:evaluate",
         params_cls="mindpipe.evaluate.report:EvaluateParams",
         inputs={
@@ -179,6 +180,7 @@ STAGES: tuple[Stage, ...] = (
             "baseline_dir": "baseline",
             "litemind_dir": "litemind",
             "oracle_dir": "oracle",
+            "reconstruct_dir": "reconstruct",
         },
         code=("evaluate",),
         plots=("plots/retrieval.png",),

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mindpipe.evaluate.extractors import SPECS
 from mindpipe.evaluate.predictions import find_decoders, load_predictions
+from mindpipe.evaluate.reconstructions import DISTANCE, ReconstructionScorer, load_reconstructions
 from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.features.store import FeatureStore
@@ -29,12 +31,20 @@ class EvaluateParams:
     retrieval_batch: int = 300
     retrieval_repeats: int = 30
     retrieval_seed: int = 42
+    image_extractors: tuple[str, ...] = ("alexnet2", "alexnet5")
+    extractor_weights_dir: str | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.retrieval_batch < 2 or self.retrieval_repeats < 1:
             raise ParamsError(
                 "evaluate.retrieval_batch must be >= 2 and evaluate.retrieval_repeats >= 1; "
                 f"got {self.retrieval_batch}, {self.retrieval_repeats}"
+            )
+        unknown = sorted(set(self.image_extractors) - set(SPECS))
+        if unknown:
+            raise ParamsError(
+                f"evaluate.image_extractors: unknown {unknown}; choose from {sorted(SPECS)}"
             )
 
 
@@ -45,6 +55,7 @@ def evaluate(
     out_dir: Path,
     params: EvaluateParams,
     base: BaseParams,
+    reconstruct_dir: Path | None = None,
     **stage_dirs: Path,
 ) -> dict[str, float]:
     """Retrieval (and zero-shot) for each decoder and subject, means, and ratios to the oracle.
@@ -74,10 +85,90 @@ def evaluate(
             for subject, arrays in predictions.items()
         }
     metrics = _summarise(results)
-    write_json(out_dir / "results.json", results)
-    (out_dir / "report.md").write_text(_markdown(metrics, results))
+    images: dict[str, dict[str, dict[str, float]]] = {}
+    if reconstruct_dir is not None:
+        images, pretrained = score_reconstructions(data_dir, Path(reconstruct_dir), params)
+        metrics |= _image_summary(images, pretrained)
+    write_json(out_dir / "results.json", {"retrieval": results, "images": images})
+    (out_dir / "report.md").write_text(_markdown(metrics, results) + _image_markdown(metrics))
     _plot(results, out_dir / "plots" / "retrieval.png")
     return metrics
+
+
+def score_reconstructions(
+    data_dir: Path, reconstruct_dir: Path, params: EvaluateParams
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, bool]]:
+    """Image metrics per source (decoder, or the true-embedding ceiling) and subject."""
+    from mindpipe.recipes.contrastive import resolve_device
+
+    weights = params.extractor_weights_dir
+    scorer = ReconstructionScorer(
+        data_dir,
+        params.image_extractors,
+        Path(weights) if weights else None,
+        str(resolve_device(params.device)),
+    )
+    scores = {
+        source: {subject: scorer.score(a["stim_id"], a["images"]) for subject, a in per.items()}
+        for source, per in load_reconstructions(reconstruct_dir / "recon").items()
+    }
+    return scores, scorer.pretrained
+
+
+def _image_summary(
+    images: dict[str, dict[str, dict[str, float]]], pretrained: dict[str, bool]
+) -> dict[str, float]:
+    metrics = {f"image_metrics.pretrained.{n}": float(p) for n, p in pretrained.items()}
+    for source, per_subject in images.items():
+        for key in next(iter(per_subject.values())):
+            values = [r[key] for r in per_subject.values()]
+            metrics[f"recon.{source}.{key}"] = float(np.mean(values))
+    return metrics
+
+
+IMAGE_COLUMNS = {
+    "pixcorr": "PixCorr ↑",
+    "ssim": "SSIM ↑",
+    "alexnet2": "AlexNet(2) ↑",
+    "alexnet5": "AlexNet(5) ↑",
+    "inception": "Inception ↑",
+    "effnet": "EffNet-B1 ↓",
+    "swav": "SwAV ↓",
+}
+
+
+def _image_markdown(metrics: dict[str, float]) -> str:
+    """Reconstruction table: one row per source, MindEye2's columns that were computed."""
+    sources = sorted({k.split(".")[1] for k in metrics if k.startswith("recon.")})
+    if not sources:
+        return ""
+    keys = [k for k in IMAGE_COLUMNS if f"recon.{sources[0]}.{k}" in metrics]
+    lines = [
+        "",
+        "# Reconstructions (MindEye2's image metrics)",
+        "",
+        "| source | " + " | ".join(IMAGE_COLUMNS[k] for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for source in sources:
+        cells = " | ".join(f"{metrics[f'recon.{source}.{k}']:.3f}" for k in keys)
+        lines.append(f"| {source} | {cells} |")
+    fallback = sorted(
+        k.rsplit(".", 1)[1]
+        for k, v in metrics.items()
+        if k.startswith("image_metrics.pretrained.") and not v
+    )
+    lines += [
+        "",
+        "PixCorr and SSIM (grayscale) at 425 px; two-way identification: chance 0.5; "
+        f"{', '.join(DISTANCE)}: correlation distance.",
+    ]
+    if fallback:
+        lines.append(
+            f"No local weights for {', '.join(fallback)}: seed-0 random networks were used, "
+            "so those columns rank reconstructions but are not comparable with published ones."
+        )
+    return "\n".join(lines) + "\n"
 
 
 class ZeroShot:

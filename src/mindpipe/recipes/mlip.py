@@ -62,7 +62,7 @@ class MLIPParams:
     token_weight: float = 0.5
     token_group: int = 32
     merge_ratio: float = 0.25
-    ablation_ratios: tuple[float, ...] = (0.0, 0.25, 0.5)
+    ablation_ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
     prompts: tuple[str, ...] = ("a {}",)
     device: str = "auto"
 
@@ -243,7 +243,6 @@ def evaluate_model(
     held_out: np.ndarray,
 ) -> dict[str, float]:
     img, _ = embed(model, test)
-    device = next(model.parameters()).device
     device = next(model.parameters()).device
 
     def encode_texts(texts: list[str]) -> np.ndarray:
