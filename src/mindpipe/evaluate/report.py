@@ -108,10 +108,14 @@ def score_reconstructions(
         Path(weights) if weights else None,
         str(resolve_device(params.device)),
     )
-    scores = {
-        source: {subject: scorer.score(a["stim_id"], a["images"]) for subject, a in per.items()}
-        for source, per in load_reconstructions(reconstruct_dir / "recon").items()
-    }
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for source, per in load_reconstructions(reconstruct_dir / "recon").items():
+        scores[source] = {s: scorer.score(a["stim_id"], a["images"]) for s, a in per.items()}
+        # Control: reconstruction i scored against stimulus i+1 (what any on-distribution
+        # image would get); a metric means something where the source beats its control.
+        scores[f"{source} (shuffled)"] = {
+            s: scorer.score(a["stim_id"], np.roll(a["images"], 1, axis=0)) for s, a in per.items()
+        }
     return scores, scorer.pretrained
 
 
@@ -140,6 +144,7 @@ IMAGE_COLUMNS = {
 def _image_markdown(metrics: dict[str, float]) -> str:
     """Reconstruction table: one row per source, MindEye2's columns that were computed."""
     sources = sorted({k.split(".")[1] for k in metrics if k.startswith("recon.")})
+    sources = [k for k in sources if not k.endswith("(shuffled)")]
     if not sources:
         return ""
     keys = [k for k in IMAGE_COLUMNS if f"recon.{sources[0]}.{k}" in metrics]
@@ -150,7 +155,7 @@ def _image_markdown(metrics: dict[str, float]) -> str:
         "| source | " + " | ".join(IMAGE_COLUMNS[k] for k in keys) + " |",
         "|---|" + "---|" * len(keys),
     ]
-    for source in sources:
+    for source in (name for s in sources for name in (s, f"{s} (shuffled)")):
         cells = " | ".join(f"{metrics[f'recon.{source}.{k}']:.3f}" for k in keys)
         lines.append(f"| {source} | {cells} |")
     fallback = sorted(
@@ -160,8 +165,9 @@ def _image_markdown(metrics: dict[str, float]) -> str:
     )
     lines += [
         "",
-        "PixCorr and SSIM (grayscale) at 425 px; two-way identification: chance 0.5; "
-        f"{', '.join(DISTANCE)}: correlation distance.",
+        "PixCorr (RGB) and SSIM (grayscale) at 425 px, as MindEye2; *shuffled*: each "
+        "reconstruction scored against the next test stimulus (the control). Two-way "
+        f"identification: chance 0.5; {', '.join(DISTANCE)}: correlation distance.",
     ]
     if fallback:
         lines.append(
