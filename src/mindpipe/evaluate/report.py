@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("brain_to_image", "image_to_brain")
 TITLES = {"brain_to_image": "brain → image", "image_to_brain": "image → brain"}
+SHUFFLED = "_shuffled"  # suffix of a source's shuffled-pair control (MLflow allows no brackets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +114,7 @@ def score_reconstructions(
         scores[source] = {s: scorer.score(a["stim_id"], a["images"]) for s, a in per.items()}
         # Control: reconstruction i scored against stimulus i+1 (what any on-distribution
         # image would get); a metric means something where the source beats its control.
-        scores[f"{source} (shuffled)"] = {
+        scores[f"{source}{SHUFFLED}"] = {
             s: scorer.score(a["stim_id"], np.roll(a["images"], 1, axis=0)) for s, a in per.items()
         }
     return scores, scorer.pretrained
@@ -144,7 +145,7 @@ IMAGE_COLUMNS = {
 def _image_markdown(metrics: dict[str, float]) -> str:
     """Reconstruction table: one row per source, MindEye2's columns that were computed."""
     sources = sorted({k.split(".")[1] for k in metrics if k.startswith("recon.")})
-    sources = [k for k in sources if not k.endswith("(shuffled)")]
+    sources = [k for k in sources if not k.endswith(SHUFFLED)]
     if not sources:
         return ""
     keys = [k for k in IMAGE_COLUMNS if f"recon.{sources[0]}.{k}" in metrics]
@@ -155,9 +156,10 @@ def _image_markdown(metrics: dict[str, float]) -> str:
         "| source | " + " | ".join(IMAGE_COLUMNS[k] for k in keys) + " |",
         "|---|" + "---|" * len(keys),
     ]
-    for source in (name for s in sources for name in (s, f"{s} (shuffled)")):
+    for source in (name for s in sources for name in (s, f"{s}{SHUFFLED}")):
         cells = " | ".join(f"{metrics[f'recon.{source}.{k}']:.3f}" for k in keys)
-        lines.append(f"| {source} | {cells} |")
+        label = source.replace(SHUFFLED, " (shuffled)")
+        lines.append(f"| {label} | {cells} |")
     fallback = sorted(
         k.rsplit(".", 1)[1]
         for k, v in metrics.items()
