@@ -246,3 +246,26 @@ def test_validate_raw_on_tiny_twin(twin_tiny: Path, tmp_path: Path) -> None:
     metrics = _validate(twin_tiny, tmp_path / "out")
     assert metrics["n_failed"] == 0
     assert metrics["n_subjects"] == len(list(twin_tiny.glob("sub-*")))
+
+
+def test_data_check_prints_the_report_and_writes_nothing(twin_tiny, tmp_path, capsys):
+    from mindpipe.cli import main
+
+    before = sorted(p.name for p in twin_tiny.rglob("*"))
+    assert main(["data", "check", str(twin_tiny), "--params", str(tmp_path / "none.yaml")]) == 0
+    assert "validate_raw: PASSED" in capsys.readouterr().out
+    assert sorted(p.name for p in twin_tiny.rglob("*")) == before
+
+
+def test_data_check_names_what_is_missing(twin_tiny, tmp_path, capsys):
+    import shutil
+
+    from mindpipe.cli import main
+
+    broken = tmp_path / "data"
+    shutil.copytree(twin_tiny, broken)
+    events = sorted(broken.rglob("*_events.tsv"))[0]
+    events.unlink()
+    assert main(["data", "check", str(broken), "--params", str(tmp_path / "none.yaml")]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and events.name in captured.out + captured.err

@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list the registered stages and what each one reads")
 
+    data = sub.add_parser("data", help="datasets: check one before training on it")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    check = data_sub.add_parser(
+        "check",
+        help="validate a dataset folder (layout, NIfTI, events, stimuli; Great Expectations) "
+        "and print what is missing or wrong; writes nothing",
+    )
+    check.add_argument("path", nargs="?", help="dataset folder (default: base.data_dir)")
+    check.add_argument("--params", default="params.yaml", help="params file (validate_raw section)")
+
     compile_ = sub.add_parser("compile", help="regenerate dvc.yaml from the stage registry")
     compile_.add_argument("--params", default="params.yaml")
     compile_.add_argument(
@@ -101,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _base(params_path: str) -> BaseParams:
+def _raw_params(params_path: str) -> dict:
     path = Path(params_path)
-    raw = load_params(path) if path.exists() else {}
-    return parse_section(BaseParams, raw.get("base"), "base")
+    return load_params(path) if path.exists() else {}
+
+
+def _base(params_path: str) -> BaseParams:
+    return parse_section(BaseParams, _raw_params(params_path).get("base"), "base")
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -119,6 +132,30 @@ def cmd_stage(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     metrics = run_stage(args.name, args.params, input_dirs=given, out=out)
     print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """``data check``: the ``validate_raw`` gate on any folder, its report printed, not kept."""
+    import tempfile
+
+    from mindpipe.validate.raw import ValidateRawParams, validate_raw
+
+    base = _base(args.params)
+    raw = _raw_params(args.params).get("validate_raw")
+    params = parse_section(ValidateRawParams, raw, "validate_raw")
+    data_dir = Path(args.path or base.data_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            validate_raw(data_dir=data_dir, out_dir=Path(tmp), params=params, base=base)
+            failure = None
+        except MindpipeError as exc:
+            failure = exc
+        report = Path(tmp) / "report.md"
+        if report.exists():
+            print(report.read_text())
+    if failure is not None:
+        raise failure
     return 0
 
 
@@ -260,6 +297,7 @@ def cmd_kfp(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "data": cmd_data,
     "kfp": cmd_kfp,
     "run": cmd_run,
     "stage": cmd_stage,

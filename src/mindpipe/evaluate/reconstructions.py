@@ -15,8 +15,10 @@ import numpy as np
 
 from mindpipe.evaluate.extractors import FeatureExtractor
 from mindpipe.evaluate.image_metrics import (
+    MINDEYE2_SIZE,
     correlation_distance,
     pixcorr,
+    resize_images,
     ssim,
     two_way_identification,
 )
@@ -77,22 +79,42 @@ class ReconstructionScorer:
     def pretrained(self) -> dict[str, bool]:
         return {name: net.pretrained for name, net in self.networks.items()}
 
-    def score(self, stim_id: np.ndarray, images: np.ndarray) -> dict[str, float]:
+    def score(
+        self, stim_id: np.ndarray, images: np.ndarray
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Metrics of the reconstructions, and of the shuffled-pair control.
+
+        The control scores reconstruction i against stimulus i-1 (a derangement): what any
+        on-distribution image gets. It reuses the reconstructions' features, and pixel metrics
+        run in chunks so memory stays bounded at 425 px.
+        """
         truth = load_images(self.data_dir, self.stimuli.loc[stim_id]).astype(np.float64) / 255.0
         recon = images.astype(np.float64) / 255.0
-        if recon.shape != truth.shape:
+        if recon.shape != truth.shape or len(recon) < 2:
             raise DataError(f"reconstructions {recon.shape} vs stimuli {truth.shape}")
-        out = {"pixcorr": pixcorr(recon, truth), "ssim": ssim(recon, truth)}
+        control_truth = np.roll(truth, 1, axis=0)
+        paired = _pixel_metrics(recon, truth)
+        control = _pixel_metrics(recon, control_truth)
         for name, net in self.networks.items():
             key = (name, np.asarray(stim_id).tobytes())
             if key not in self._truth_features:
                 self._truth_features[key] = net(truth)
             pred, real = net(recon), self._truth_features[key]
-            if name in DISTANCE:
-                out[name] = correlation_distance(pred, real)
-            else:
-                out[name] = two_way_identification(pred, real)
-        return out
+            metric = correlation_distance if name in DISTANCE else two_way_identification
+            paired[name] = metric(pred, real)
+            control[name] = metric(pred, np.roll(real, 1, axis=0))
+        return paired, control
+
+
+def _pixel_metrics(recon: np.ndarray, truth: np.ndarray, chunk: int = 50) -> dict[str, float]:
+    """PixCorr and SSIM at MindEye2's 425 px, averaged over images ``chunk`` at a time."""
+    totals = {"pixcorr": 0.0, "ssim": 0.0}
+    for start in range(0, len(recon), chunk):
+        a = resize_images(recon[start : start + chunk], MINDEYE2_SIZE)
+        b = resize_images(truth[start : start + chunk], MINDEYE2_SIZE)
+        totals["pixcorr"] += pixcorr(a, b) * len(a)
+        totals["ssim"] += ssim(a, b) * len(a)
+    return {k: v / len(recon) for k, v in totals.items()}
 
 
 def _weights_file(weights_dir: Path | None, name: str) -> Path | None:

@@ -111,12 +111,12 @@ def score_reconstructions(
     )
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for source, per in load_reconstructions(reconstruct_dir / "recon").items():
-        scores[source] = {s: scorer.score(a["stim_id"], a["images"]) for s, a in per.items()}
-        # Control: reconstruction i scored against stimulus i+1 (what any on-distribution
-        # image would get); a metric means something where the source beats its control.
-        scores[f"{source}{SHUFFLED}"] = {
-            s: scorer.score(a["stim_id"], np.roll(a["images"], 1, axis=0)) for s, a in per.items()
-        }
+        # A metric means something where the source beats its shuffled-pair control.
+        scores[source], scores[f"{source}{SHUFFLED}"] = {}, {}
+        for subject, arrays in per.items():
+            paired, control = scorer.score(arrays["stim_id"], arrays["images"])
+            scores[source][subject] = paired
+            scores[f"{source}{SHUFFLED}"][subject] = control
     return scores, scorer.pretrained
 
 
