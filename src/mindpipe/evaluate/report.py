@@ -168,7 +168,7 @@ def _image_markdown(metrics: dict[str, float]) -> str:
     lines += [
         "",
         "PixCorr (RGB) and SSIM (grayscale) at 425 px, as MindEye2; *shuffled*: each "
-        "reconstruction scored against the next test stimulus (the control). Two-way "
+        "reconstruction scored against the previous test stimulus (the control). Two-way "
         f"identification: chance 0.5; {', '.join(DISTANCE)}: correlation distance.",
     ]
     if fallback:
