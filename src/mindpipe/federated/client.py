@@ -11,8 +11,7 @@ How a missing modality's slot is filled (config ``strategy``):
 * ``pmcmfl``: the global prototype of the item's class (training; the paper's "masking") or of
   the class nearest the present representations (inference);
 * ``fedavg``: an N(0, 1) vector, the paper's baseline without prototypes;
-* ``fedavg_zero``: zeros, which the fusion's LayerNorm turns into a constant "missing" code
-  (a stronger baseline than the paper's).
+* ``fedavg_zero``: zeros, which the fusion's LayerNorm turns into a constant "missing" code.
 """
 
 from __future__ import annotations
