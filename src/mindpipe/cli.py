@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("path", nargs="?", help="dataset folder (default: base.data_dir)")
     check.add_argument("--params", default="params.yaml", help="params file (validate_raw section)")
+    pull = data_sub.add_parser(
+        "pull",
+        help="fetch one dataset version (data.dvc's md5) from a DVC remote, no git repo needed",
+    )
+    pull.add_argument("--remote", required=True, help="DVC remote URL (s3://..., a path, ...)")
+    pull.add_argument("--md5", help="dataset version, '<hash>.dir' (default: from data.dvc)")
+    pull.add_argument("--out", default="data", help="folder to fill (default: %(default)s)")
 
     compile_ = sub.add_parser("compile", help="regenerate dvc.yaml from the stage registry")
     compile_.add_argument("--params", default="params.yaml")
@@ -90,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     ksubmit.add_argument("--pipeline", default="decoding", help="pipelines/NAME.yaml")
     ksubmit.add_argument("--params", default="params.yaml", help="sent as the params_yaml input")
     ksubmit.add_argument("--data-dir", default="/mnt/data", help="dataset path on the PVC")
+    ksubmit.add_argument(
+        "--data-remote",
+        default="",
+        help="DVC remote URL: the first task pulls data.dvc's version into --data-dir if absent",
+    )
     ksubmit.add_argument("--mlflow-uri", default="", help="MLflow tracking URI for the run")
     ksubmit.add_argument("--timeout", type=float, default=10.0, help="connect timeout (s)")
     return parser
@@ -136,8 +148,18 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """``data check``: the ``validate_raw`` gate on any folder, its report printed, not kept."""
+    """``data check``: the ``validate_raw`` gate on any folder, its report printed, not kept.
+    ``data pull``: one dataset version from a DVC remote."""
     import tempfile
+
+    if args.data_command == "pull":
+        from mindpipe.kfp.data import pull_dataset
+        from mindpipe.kfp.submit import dvc_data_hash
+
+        md5 = args.md5 or dvc_data_hash()
+        fetched = pull_dataset(args.remote, md5, Path(args.out))
+        print(f"{args.out}: {'pulled' if fetched else 'already holds'} {md5}")
+        return 0
 
     from mindpipe.validate.raw import ValidateRawParams, validate_raw
 
@@ -288,6 +310,7 @@ def cmd_kfp(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir,
             "params_yaml": Path(args.params).read_text(),
             "data_hash": dvc_data_hash(),
+            "data_remote": args.data_remote,
             "mlflow_tracking_uri": args.mlflow_uri,
         },
         timeout=args.timeout,

@@ -83,13 +83,16 @@ def stage_component(stage: Stage, cluster: ClusterConfig) -> PythonComponent:
     return dsl.component(base_image=image, install_kfp_package=False)(func)
 
 
-def mlflow_parent_run(data_hash: str, mlflow_tracking_uri: str = "") -> str:
-    """Create the parent MLflow run of this pipeline run."""
+def mlflow_parent_run(
+    data_hash: str, mlflow_tracking_uri: str = "", data_dir: str = "", data_remote: str = ""
+) -> str:
+    """Pull the data from ``data_remote`` when given, then create the parent MLflow run."""
     from mindpipe.kfp.task import parent_run
 
-    return parent_run(data_hash, mlflow_tracking_uri)
+    return parent_run(data_hash, mlflow_tracking_uri, data_dir, data_remote)
 
 
 def parent_run_component(cluster: ClusterConfig) -> PythonComponent:
-    """The first task of every pipeline: one parent MLflow run that all stage runs nest under."""
+    """The first task of every pipeline: the data in place (pulled from a DVC remote when
+    ``data_remote`` is set) and one parent MLflow run that all stage runs nest under."""
     return dsl.component(base_image=cluster.cpu_image, install_kfp_package=False)(mlflow_parent_run)

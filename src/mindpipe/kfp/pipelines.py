@@ -85,12 +85,22 @@ class _Components:
         return self._cache[stage.name]
 
 
-def _parent_run(cluster: ClusterConfig, mlflow_tracking_uri: str, data_hash: str) -> object:
-    """The parent MLflow run's id; never cached, so each pipeline run gets its own parent."""
+def _parent_run(
+    cluster: ClusterConfig,
+    mlflow_tracking_uri: str,
+    data_hash: str,
+    data_dir: str,
+    data_remote: str,
+) -> object:
+    """The parent MLflow run's id (after the data pull, if any); never cached, so each
+    pipeline run gets its own parent. Every stage waits for it through ``parent_run_id``."""
     task = parent_run_component(cluster)(
-        data_hash=data_hash, mlflow_tracking_uri=mlflow_tracking_uri
+        data_hash=data_hash,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        data_dir=data_dir,
+        data_remote=data_remote,
     )
-    task.set_display_name("mlflow parent run")
+    task.set_display_name("data + mlflow parent run")
     task.set_cpu_request("0.5").set_memory_request("512Mi")
     task.set_caching_options(False)
     return task.output
@@ -121,13 +131,15 @@ def build_pipeline(name: str, cluster: ClusterConfig) -> Callable[..., None]:
         params_yaml: str = "",
         data_hash: str = "",
         mlflow_tracking_uri: str = "",
+        data_remote: str = "",
     ) -> None:
+        parent = _parent_run(cluster, mlflow_tracking_uri, data_hash, data_dir, data_remote)
         common = dict(
             data_dir=data_dir,
             params_yaml=params_yaml,
             data_hash=data_hash,
             mlflow_tracking_uri=mlflow_tracking_uri,
-            parent_run_id=_parent_run(cluster, mlflow_tracking_uri, data_hash),
+            parent_run_id=parent,
         )
         _add_stages(stages, comps, common, {})
 
@@ -148,12 +160,14 @@ def build_sweep(cluster: ClusterConfig) -> Callable[..., None]:
         params_yaml: str = "",
         data_hash: str = "",
         mlflow_tracking_uri: str = "",
+        data_remote: str = "",
     ) -> None:
+        parent = _parent_run(cluster, mlflow_tracking_uri, data_hash, data_dir, data_remote)
         common = dict(
             data_dir=data_dir,
             data_hash=data_hash,
             mlflow_tracking_uri=mlflow_tracking_uri,
-            parent_run_id=_parent_run(cluster, mlflow_tracking_uri, data_hash),
+            parent_run_id=parent,
         )
         tasks: dict[str, dsl.PipelineTask] = {}
         _add_stages(upstream, comps, {**common, "params_yaml": params_yaml}, tasks)

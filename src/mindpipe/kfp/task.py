@@ -43,8 +43,15 @@ def run_task(
             raise MindpipeError(f"KFP task for stage {stage!r} failed (see the error above)")
 
 
-def parent_run(data_hash: str, mlflow_tracking_uri: str) -> str:
-    """Create the pipeline run's parent MLflow run; return its id."""
+def parent_run(
+    data_hash: str, mlflow_tracking_uri: str, data_dir: str = "", data_remote: str = ""
+) -> str:
+    """Create the pipeline run's parent MLflow run; return its id. With ``data_remote``, first
+    pull dataset version ``data_hash`` into ``data_dir`` (a no-op when it is already there)."""
+    if data_remote:
+        from mindpipe.kfp.data import pull_dataset
+
+        pull_dataset(data_remote, data_hash, Path(data_dir))
     _export_tracking(mlflow_tracking_uri)
     return start_parent_run("mindpipe-kfp", {"mindpipe.data_hash": data_hash})
 
