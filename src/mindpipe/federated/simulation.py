@@ -34,11 +34,8 @@ from flwr.server import Server, ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from mindpipe.exceptions import ParamsError
 from mindpipe.federated.client import SiteClient
 from mindpipe.federated.strategies import SiteFedAvg
-
-ENGINES = ("simulation", "inprocess")
 
 MakeClient = Callable[[int], SiteClient]  # site index -> that site's client
 
@@ -55,16 +52,12 @@ class History:
 def simulate(
     make_client: MakeClient, n_sites: int, strategy: SiteFedAvg, n_rounds: int, engine: str
 ) -> History:
-    """Run ``n_rounds`` of ``strategy`` over sites ``0..n_sites-1`` on ``engine``."""
-    if engine not in ENGINES:
-        raise ParamsError(f"federated.engine: unknown {engine!r}; use one of {ENGINES}")
+    """Run ``n_rounds`` of ``strategy`` over sites ``0..n_sites-1`` on ``engine`` (one of
+    ``ENGINES``; ``FederatedParams`` checks it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if engine == "inprocess":
-            _run_inprocess(make_client, n_sites, strategy, n_rounds)
-        else:
-            _run_flower_simulation(make_client, n_sites, strategy, n_rounds)
+        _ENGINE_RUNNERS[engine](make_client, n_sites, strategy, n_rounds)
     finally:
         torch.set_num_threads(threads)
     return History(strategy.rounds, strategy.final, strategy.last_completed)
@@ -114,6 +107,10 @@ def _run_flower_simulation(
             ray.shutdown()
     if strategy.last_completed == 0 and not strategy.rounds:
         raise RuntimeError("the Flower simulation ran no round; see the log above for why")
+
+
+_ENGINE_RUNNERS = {"simulation": _run_flower_simulation, "inprocess": _run_inprocess}
+ENGINES = tuple(_ENGINE_RUNNERS)
 
 
 class LocalProxy(ClientProxy):

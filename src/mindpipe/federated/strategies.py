@@ -108,14 +108,11 @@ class SiteFedAvg(FedAvg):
     ) -> tuple[float | None, dict[str, Scalar]]:
         record = {"round": float(server_round), **self._fit_record}
         evals = sorted((res for _, res in results), key=lambda r: int(r.metrics["site"]))
-        n_test = sum(r.num_examples for r in evals)
-        n_val = sum(int(r.metrics["n_val"]) for r in evals)
-        for key, n_of in (("accuracy", None), ("accuracy_uni", None), ("val_accuracy", "n_val")):
-            total = sum(
-                float(r.metrics[key]) * (int(r.metrics[n_of]) if n_of else r.num_examples)
-                for r in evals
-            )
-            record[key] = total / max(n_val if n_of else n_test, 1)
+        test_items = [r.num_examples for r in evals]
+        val_items = [int(r.metrics["n_val"]) for r in evals]
+        record["accuracy"] = _pooled(evals, "accuracy", test_items)
+        record["accuracy_uni"] = _pooled(evals, "accuracy_uni", test_items)
+        record["val_accuracy"] = _pooled(evals, "val_accuracy", val_items)
         for r in evals:
             record[f"accuracy_{r.metrics['name']}"] = float(r.metrics["accuracy"])
         self.rounds.append(record)
@@ -140,6 +137,12 @@ def build_strategy(
 ) -> SiteFedAvg:
     cls = PmcmFL if name == "pmcmfl" else SiteFedAvg
     return cls(name, initial, n_sites, clients_per_round, seed)
+
+
+def _pooled(evals: list[EvaluateRes], key: str, items: list[int]) -> float:
+    """Site metric ``key`` averaged over the pooled items (sites weighted by ``items``)."""
+    total = sum(float(r.metrics[key]) * n for r, n in zip(evals, items, strict=True))
+    return total / max(sum(items), 1)
 
 
 def _nbytes(parameters: Parameters) -> int:

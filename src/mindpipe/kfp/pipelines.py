@@ -85,15 +85,16 @@ class _Components:
         return self._cache[stage.name]
 
 
-def _parent_run(
+def _run_inputs(
     cluster: ClusterConfig,
-    mlflow_tracking_uri: str,
-    data_hash: str,
     data_dir: str,
+    data_hash: str,
+    mlflow_tracking_uri: str,
     data_remote: str,
-) -> object:
-    """The parent MLflow run's id (after the data pull, if any); never cached, so each
-    pipeline run gets its own parent. Every stage waits for it through ``parent_run_id``."""
+) -> dict[str, object]:
+    """What every stage task gets besides params: the run's inputs and the parent MLflow run's
+    id. The parent task (after the data pull, if any) is never cached, so each pipeline run
+    gets its own parent; every stage waits for it through ``parent_run_id``."""
     task = parent_run_component(cluster)(
         data_hash=data_hash,
         mlflow_tracking_uri=mlflow_tracking_uri,
@@ -103,7 +104,12 @@ def _parent_run(
     task.set_display_name("data + mlflow parent run")
     task.set_cpu_request("0.5").set_memory_request("512Mi")
     task.set_caching_options(False)
-    return task.output
+    return dict(
+        data_dir=data_dir,
+        data_hash=data_hash,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        parent_run_id=task.output,
+    )
 
 
 def _add_stages(
@@ -133,15 +139,8 @@ def build_pipeline(name: str, cluster: ClusterConfig) -> Callable[..., None]:
         mlflow_tracking_uri: str = "",
         data_remote: str = "",
     ) -> None:
-        parent = _parent_run(cluster, mlflow_tracking_uri, data_hash, data_dir, data_remote)
-        common = dict(
-            data_dir=data_dir,
-            params_yaml=params_yaml,
-            data_hash=data_hash,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            parent_run_id=parent,
-        )
-        _add_stages(stages, comps, common, {})
+        common = _run_inputs(cluster, data_dir, data_hash, mlflow_tracking_uri, data_remote)
+        _add_stages(stages, comps, {**common, "params_yaml": params_yaml}, {})
 
     pipeline.__name__ = name
     return dsl.pipeline(name=f"mindpipe-{name}", description=f"mindpipe {name} DAG")(pipeline)
@@ -162,13 +161,7 @@ def build_sweep(cluster: ClusterConfig) -> Callable[..., None]:
         mlflow_tracking_uri: str = "",
         data_remote: str = "",
     ) -> None:
-        parent = _parent_run(cluster, mlflow_tracking_uri, data_hash, data_dir, data_remote)
-        common = dict(
-            data_dir=data_dir,
-            data_hash=data_hash,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            parent_run_id=parent,
-        )
+        common = _run_inputs(cluster, data_dir, data_hash, mlflow_tracking_uri, data_remote)
         tasks: dict[str, dsl.PipelineTask] = {}
         _add_stages(upstream, comps, {**common, "params_yaml": params_yaml}, tasks)
         with dsl.ParallelFor(sweep_params, parallelism=4) as variant:
