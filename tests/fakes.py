@@ -15,6 +15,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    MotionAdapter,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.models.controlnets.controlnet_sparsectrl import SparseControlNetModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 
 @dataclass
@@ -170,4 +180,122 @@ TINY_MODELS = {
     "litemind": {"widths": [16], "depths": [1], "mlp_hidden": 64, "train": {"epochs": 8}},
     "reconstruct": {"steps": 20, "batch_size": 16, "sample_steps": 2},
     "federated": {"rounds": 3, "local": {"local_epochs": 2}, "dim": 32},
+    "neuroclips": {
+        "perception": {"hidden": 64, "channels": 8, "epochs": 5},
+        "semantics_hidden": 64,
+        "semantics": {"epochs": 5, "batch_size": 16},
+        "video": {"config": "micro", "steps": 10, "batch_size": 4, "sample_steps": 2},
+        "keyframe_steps": 2,
+        "classifier_epochs": 1,
+        "gif_clips": 2,
+    },
 }
+
+# ------------------------------------------------------------------------------------------------
+# A tiny AnimateDiff v3 + SparseCtrl RGB (the real video model's classes, random weights)
+# ------------------------------------------------------------------------------------------------
+CHANNELS, CROSS = (8, 16), 16
+
+
+def _tokenizer(folder: Path) -> CLIPTokenizer:
+    """A byte-level BPE over single letters. There are no merges, so each letter is a token."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=16)
+
+
+def tiny_animatediff_components(folder: Path) -> dict:
+    """A randomly initialised AnimateDiff + SparseCtrl RGB pipeline's parts, 32 px, from configs."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=CHANNELS,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    adapter = MotionAdapter(
+        block_out_channels=CHANNELS,
+        motion_layers_per_block=1,
+        motion_num_attention_heads=2,
+        motion_norm_num_groups=4,
+    )
+    controlnet = SparseControlNetModel(
+        block_out_channels=CHANNELS,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        cross_attention_dim=CROSS,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        motion_num_attention_heads=2,
+        use_simplified_condition_embedding=True,  # RGB: the keyframe enters as a VAE latent
+    )
+    # SparseCtrl's zero convolutions would hide whether the keyframe reaches the UNet at all
+    zero = [controlnet.controlnet_cond_embedding, controlnet.controlnet_mid_block]
+    for conv in [*zero, *controlnet.controlnet_down_blocks]:
+        torch.nn.init.normal_(conv.weight, std=0.2)
+    vae = AutoencoderKL(
+        block_out_channels=CHANNELS,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        # SD's 0.18215 brings its VAE's latents to about unit variance; this random VAE's are
+        # smaller than that already
+        scaling_factor=1.0,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=54,
+            hidden_size=CROSS,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    # load_pretrained_animatediff's DDIM (NeuroClips)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="linear",
+        steps_offset=1,
+        clip_sample=False,
+    )
+    return {
+        "unet": unet.eval(),
+        "motion_adapter": adapter.eval(),
+        "controlnet": controlnet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": _tokenizer(folder / "tokenizer"),
+        "scheduler": scheduler,
+    }
+
+
+def write_tiny_animatediff(components: dict, folder: Path) -> tuple[Path, Path, Path]:
+    """Save the parts as the three local folders NeuroClips reads: SD 1.5, adapter, SparseCtrl."""
+    sd = StableDiffusionPipeline(
+        vae=components["vae"],
+        text_encoder=components["text_encoder"],
+        tokenizer=components["tokenizer"],
+        unet=components["unet"],
+        scheduler=components["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    folders = folder / "sd15", folder / "motion_adapter", folder / "sparsectrl"
+    sd.save_pretrained(folders[0])
+    components["motion_adapter"].save_pretrained(folders[1])
+    components["controlnet"].save_pretrained(folders[2])
+    return folders

@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from fakes import TINY_MODELS
+from fakes import TINY_MODELS, tiny_animatediff_components, write_tiny_animatediff
 from mindpipe.cli import main
 from mindpipe.stages import STAGES
 from mindpipe.tracking import dataset_hash
@@ -91,6 +93,45 @@ def test_mlip_learns_image_text_pairs(tiny_run):
     for variant in ("clip", "mlip_r0.25"):
         assert m[f"{variant}.retrieval_i2t_top1"] > 3 * chance, variant
     assert (tiny_run / "artifacts/mlip/model/model.safetensors").is_file()
+
+
+def test_neuroclips_writes_clips_at_the_requested_frames_and_fps(tiny_run):
+    folder = tiny_run / "artifacts/neuroclips"
+    recon = np.load(folder / "videos/sub-01/reconstructions.npz")
+    n_test = len(recon["stim_id"])
+    for variant in ("neuroclips", "no_keyframe", "no_blurry", "blurry_only", "retrieval"):
+        assert recon[variant].shape == (n_test, 16, 16, 16, 3), variant  # 2 s at 8 FPS, 16 px
+        assert recon[variant].dtype == np.uint8
+    with Image.open(folder / "plots/sample.gif") as gif:
+        total = 0
+        for i in range(gif.n_frames):  # Pillow merges repeated frames, so count time, not frames
+            gif.seek(i)
+            total += gif.info["duration"]
+    assert total == 2000
+    m = read_metrics(tiny_run, "neuroclips")
+    for key in ("neuroclips.ssim", "neuroclips.st_ssim", "retrieval.ssim", "neuroclips.clip_pcc"):
+        assert np.isfinite(m[key]), key
+    assert "| neuroclips |" in (folder / "results.md").read_text()
+
+
+def test_neuroclips_renders_with_local_animatediff_weights(tiny_run, tmp_path, monkeypatch):
+    """Configured local folders replace the tiny video model (here a random tiny AnimateDiff)."""
+    folders = write_tiny_animatediff(tiny_animatediff_components(tmp_path / "parts"), tmp_path)
+    shutil.copytree(tiny_run / "artifacts", tmp_path / "artifacts")
+    names = ("stable_diffusion", "motion_adapter", "sparsectrl")
+    params = yaml.safe_load((tiny_run / "params.yaml").read_text())
+    params["neuroclips"]["pretrained"].update(
+        {k: str(f) for k, f in zip(names, folders, strict=True)}
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+    assert main(["stage", "neuroclips"]) == 0
+    folder = tmp_path / "artifacts/neuroclips"
+    recon = np.load(folder / "videos/sub-01/reconstructions.npz")
+    assert recon["neuroclips"].shape[1:] == (16, 16, 16, 3)
+    assert not (folder / "models/video").exists(), "no tiny video model trained"
+    assert not np.array_equal(recon["neuroclips"], recon["no_keyframe"])
 
 
 def test_same_params_same_outputs(tiny_run, tmp_path, monkeypatch):

@@ -187,6 +187,24 @@ STAGES: tuple[Stage, ...] = (
         resources=Resources(cpu="1", memory="2Gi"),
     ),
     Stage(
+        name="neuroclips",
+        description="fMRI -> video (8 FPS): Perception Reconstructor (blurry video), Semantics "
+        "Reconstructor (keyframe via the reconstruct generator, caption), AnimateDiff-style "
+        "video diffusion with a SparseCtrl-style control net; ablations, retrieval baseline.",
+        func="mindpipe.recipes.neuroclips:neuroclips",
+        params_cls="mindpipe.recipes.neuroclips:NeuroClipsParams",
+        inputs={
+            "data_dir": DATA,
+            "betas_dir": "preprocess",
+            "features_dir": "features",
+            "mlip_dir": "mlip",
+            "reconstruct_dir": "reconstruct",
+        },
+        code=("models", "recipes", "evaluate", "io", "features"),
+        plots=("plots/grid.png", "plots/sample.gif"),
+        resources=Resources(cpu="4", memory="16Gi", gpu=1),
+    ),
+    Stage(
         name="federated",
         description="FedAvg vs PmcmFL (prototype library, masks, calibrated loss, proximal "
         "term) over sites = subjects with missing modalities; category classification.",

@@ -22,7 +22,7 @@ from mindpipe.features.cache import ARRAYS, FeatureCache, item_key
 from mindpipe.features.encoders import EncoderChoice, ImageTextEncoder, build_encoder
 from mindpipe.features.prompts import category_embeddings, check_templates
 from mindpipe.features.store import FILE
-from mindpipe.io import read_stimuli
+from mindpipe.io import for_each_paradigm, read_stimuli
 from mindpipe.io.images import load_image
 from mindpipe.params import BaseParams
 from mindpipe.recipes.contrastive import resolve_device
@@ -56,9 +56,20 @@ class FeaturesParams:
 def cache_features(
     *, data_dir: Path, mlip_dir: Path, out_dir: Path, params: FeaturesParams, base: BaseParams
 ) -> dict[str, float]:
-    start = time.perf_counter()
+    """Features of the dataset's stimuli, and of its video clips (``out_dir/video``) if any."""
     choice = EncoderChoice(params.encoder, params.open_clip_model, params.open_clip_weights)
     encoder = build_encoder(choice, mlip_dir, resolve_device(params.device))
+    return for_each_paradigm(
+        lambda data, out: _cache_dataset(data, out, encoder, params), data_dir, out_dir
+    )
+
+
+def _cache_dataset(
+    data_dir: Path, out_dir: Path, encoder: ImageTextEncoder, params: FeaturesParams
+) -> dict[str, float]:
+    """Encode one dataset's stimuli (a video clip by its first frame, the keyframe)."""
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
     stimuli = read_stimuli(data_dir)
     captions = list(stimuli["caption"])
     files = [Path(data_dir) / f for f in stimuli["file"]]

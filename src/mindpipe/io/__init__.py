@@ -6,6 +6,7 @@ from mindpipe.io.bids import (
     STIMULI_COLUMNS,
     STIMULI_CONTRACT_COLUMNS,
     TRIAL_TYPES,
+    VIDEO_DATASET,
     Bold,
     Run,
     check_events,
@@ -13,6 +14,7 @@ from mindpipe.io.bids import (
     check_stimuli,
     discover_runs,
     discover_subjects,
+    for_each_paradigm,
     load_bold,
     load_bold_header,
     load_mask,
@@ -20,6 +22,7 @@ from mindpipe.io.bids import (
     read_events,
     read_sidecar_tr,
     read_stimuli,
+    video_dataset,
 )
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "STIMULI_COLUMNS",
     "STIMULI_CONTRACT_COLUMNS",
     "TRIAL_TYPES",
+    "VIDEO_DATASET",
     "Bold",
     "Run",
     "check_events",
@@ -35,6 +39,7 @@ __all__ = [
     "check_stimuli",
     "discover_runs",
     "discover_subjects",
+    "for_each_paradigm",
     "load_bold",
     "load_bold_header",
     "load_mask",
@@ -42,4 +47,5 @@ __all__ = [
     "read_events",
     "read_sidecar_tr",
     "read_stimuli",
+    "video_dataset",
 ]

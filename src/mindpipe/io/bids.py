@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +197,34 @@ def discover_runs(data_dir: str | Path, subject: str) -> list[Run]:
         )
     runs.sort(key=lambda r: (r.session, r.task, r.run))
     return runs
+
+
+# --------------------------------------------------------------------------- paradigms
+
+#: Where a dataset keeps its video paradigm (CC2017-like clips), itself a dataset of this layout.
+VIDEO_DATASET = "video"
+
+
+def video_dataset(data_dir: str | Path) -> Path | None:
+    """The video paradigm's dataset inside ``data_dir``, or None when there is none."""
+    path = Path(data_dir) / VIDEO_DATASET
+    return path if path.is_dir() else None
+
+
+def for_each_paradigm(
+    run: Callable[[Path, Path], dict[str, float]], data_dir: str | Path, out_dir: str | Path
+) -> dict[str, float]:
+    """``run(data_dir, out_dir)``, then on the video dataset into ``out_dir/video`` if any.
+
+    The video dataset has the image dataset's layout, so a stage reads it with the same code;
+    its metrics come back prefixed ``video.``.
+    """
+    metrics = run(Path(data_dir), Path(out_dir))
+    video = video_dataset(data_dir)
+    if video is not None:
+        out = Path(out_dir) / VIDEO_DATASET
+        metrics |= {f"video.{k}": v for k, v in run(video, out).items()}
+    return metrics
 
 
 # --------------------------------------------------------------------------- tables

@@ -6,12 +6,13 @@ pixels through here, so a missing or corrupt file gets one message naming it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from mindpipe.exceptions import DataError
 
@@ -26,6 +27,28 @@ def load_image(data_dir: str | Path, file: str) -> np.ndarray:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise DataError(f"cannot read stimulus image {str(path)!r}: {exc}") from exc
+
+
+def load_video(data_dir: str | Path, file: str) -> np.ndarray:
+    """One stimulus clip (an animated PNG or GIF) as RGB ``(F, H, W, 3)`` uint8.
+
+    Pillow's writers merge repeated frames into one longer frame; those are expanded back by
+    duration (in units of the shortest common frame time), so a still stretch keeps its frames.
+    """
+    path = Path(data_dir) / file
+    if not path.is_file():
+        raise DataError(f"stimulus video {str(path)!r} is missing (named in stimuli.tsv)")
+    try:
+        with Image.open(path) as img:
+            frames, durations = [], []
+            for frame in ImageSequence.Iterator(img):
+                frames.append(np.asarray(frame.convert("RGB"), np.uint8))
+                durations.append(int(frame.info.get("duration") or 0))
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise DataError(f"cannot read stimulus video {str(path)!r}: {exc}") from exc
+    unit = math.gcd(*durations)
+    repeats = [d // unit for d in durations] if min(durations) > 0 else 1
+    return np.repeat(np.stack(frames), repeats, axis=0)
 
 
 def load_images(data_dir: str | Path, stimuli: pd.DataFrame) -> np.ndarray:

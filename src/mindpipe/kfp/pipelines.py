@@ -1,9 +1,8 @@
 """Pipelines are named subsets of registry stages; edges come from the registry.
 
-Adding a pipeline (e.g. video or federated once their stages exist) is one entry in
-``PIPELINES``. Compilation writes one component YAML per stage to components/ and one pipeline
-YAML per entry (plus the sweep) to pipelines/, byte-identically for the same registry and
-deploy/cluster.yaml.
+Adding a pipeline is one entry in ``PIPELINES``. Compilation writes one component YAML per
+stage to components/ and one pipeline YAML per entry (plus the sweep) to pipelines/,
+byte-identically for the same registry and deploy/cluster.yaml.
 """
 
 import tempfile
@@ -36,6 +35,15 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "litemind",
         "reconstruct",
         "evaluate",
+    ),
+    "video": (
+        "validate_raw",
+        "preprocess",
+        "mlip",
+        "features",
+        "litemind",
+        "reconstruct",
+        "neuroclips",
     ),
     "federated": ("validate_raw", "preprocess", "mlip", "features", "federated"),
 }

@@ -1,15 +1,19 @@
-"""Save a model whose ``config`` is a dataclass: ``model.safetensors`` + ``config.json``."""
+"""Save and rebuild models whose ``config`` is a dataclass (safetensors + ``config.json``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from mindpipe.exceptions import MissingWeightsError
 from mindpipe.utils import write_json
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, **extra: Any) -> None:
@@ -19,3 +23,23 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, **extra: Any) ->
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     write_json(folder / "config.json", {**extra, **dataclasses.asdict(model.config)})
+
+
+def load_checkpoint(folder: str | Path, model_cls: type[M], config_cls: type, what: str) -> M:
+    """Rebuild a ``model_cls(config_cls(...))`` written by :func:`save_checkpoint`.
+
+    JSON turns the config's tuples into lists; they are turned back. A missing file raises
+    MissingWeightsError naming the folder and the file (``what`` names the model in it).
+    """
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise MissingWeightsError(f"{what} folder '{folder}' has no {name}")
+    raw = json.loads((folder / "config.json").read_text())
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    config = config_cls(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
+    )
+    model = model_cls(config)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model

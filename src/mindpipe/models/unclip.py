@@ -14,16 +14,14 @@ Real pretrained weights are only read from a local folder (never downloaded).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from safetensors.torch import load_file
 from torch import nn
 
 from mindpipe.exceptions import MissingWeightsError
-from mindpipe.models.checkpoint import save_checkpoint
+from mindpipe.models.checkpoint import load_checkpoint, save_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,15 +140,7 @@ def save_generator(model: UnCLIPGenerator, folder: Path) -> None:
 
 def load_generator(folder: Path) -> UnCLIPGenerator:
     """Rebuild a generator written by :func:`save_generator`."""
-    folder = Path(folder)
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise MissingWeightsError(f"generator folder '{folder}' has no {name}")
-    raw = json.loads((folder / "config.json").read_text())
-    raw["channels"] = tuple(raw["channels"])
-    model = UnCLIPGenerator(UnCLIPConfig(**raw))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return model
+    return load_checkpoint(folder, UnCLIPGenerator, UnCLIPConfig, "generator")
 
 
 def load_pretrained_unclip(local_dir: str | Path, device: str = "cpu"):

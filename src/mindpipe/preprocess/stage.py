@@ -99,7 +99,14 @@ class _SubjectBetas:
 def preprocess(
     *, data_dir: Path, out_dir: Path, params: PreprocessParams, base: BaseParams
 ) -> dict[str, float]:
-    """Run the stage; write ``artifacts/preprocess/`` into ``out_dir``; return flat metrics.
+    """Run the stage on the dataset and on its video paradigm (``out_dir/video``), if any."""
+    return bids.for_each_paradigm(
+        lambda data, out: preprocess_dataset(data, out, params), data_dir, out_dir
+    )
+
+
+def preprocess_dataset(data_dir: Path, out_dir: Path, params: PreprocessParams) -> dict[str, float]:
+    """Write ``artifacts/preprocess/`` for one dataset into ``out_dir``; return flat metrics.
 
     Raises
     ------

@@ -76,6 +76,24 @@ def unit_rows(embedding: np.ndarray) -> torch.Tensor:
     return e / e.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
+def step_with_ema(
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    decay: float,
+) -> None:
+    """One optimiser step, then the EMA copy (what diffusion models sample with) moves along."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1.0 - decay)
+
+
 def train_generator(
     images: torch.Tensor,
     embeddings: torch.Tensor,
@@ -100,13 +118,7 @@ def train_generator(
     for _ in progress(range(params.steps), desc="reconstruct train"):
         idx = torch.randint(0, n, (min(params.batch_size, n),), generator=gen, device=device)
         loss = model.denoising_loss(images[idx], embeddings[idx], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-                e.lerp_(p, 1.0 - params.ema_decay)
+        step_with_ema(loss, opt, sched, model, ema, params.ema_decay)
     logger.info("reconstruct: final training loss %.4f", loss.item())
     return ema
 

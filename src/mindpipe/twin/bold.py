@@ -82,15 +82,15 @@ class RunPlan:
     onsets: np.ndarray
     n_vols: int
 
-    def events(self, cfg: TwinConfig) -> pd.DataFrame:
-        """The run's ``events.tsv`` table."""
+    def events(self, cfg: TwinConfig, files: pd.Series) -> pd.DataFrame:
+        """The run's ``events.tsv`` table; ``files`` maps stim_id to the stimulus file."""
         return pd.DataFrame(
             {
                 "onset": self.onsets,
                 "duration": np.full(len(self.onsets), cfg.stim_duration_s),
                 "trial_type": "stimulus",
                 "stim_id": self.stim_ids,
-                "stim_file": [f"stimuli/images/stim-{i:05d}.png" for i in self.stim_ids],
+                "stim_file": files.loc[self.stim_ids].to_numpy(),
             }
         )
 

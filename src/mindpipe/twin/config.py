@@ -105,6 +105,20 @@ class TwinConfig:
     drift_min_period_s: float = 150.0
     session_gain_sd: float = 0.02  # per-session global intensity change (fraction)
 
+    # --- video paradigm (CC2017-like, written to <root>/video; video_train = 0: none) ----------
+    video_train: int = 48  # clips per split
+    video_val: int = 8
+    video_test: int = 16
+    video_reps_train: int = 2
+    video_reps_val: int = 2
+    video_reps_test: int = 2
+    video_size: int = 16  # pixels per side
+    video_fps: int = 8
+    video_clip_s: float = 2.0  # clip length; clips play back to back
+    video_clips_per_run: int = 48
+    video_travel: tuple[float, float] = (0.3, 0.8)  # distance moved in a clip (field units)
+    motion_gain: float = 0.5  # direction selectivity of retinotopic voxels (MT-like)
+
     def __post_init__(self) -> None:
         problems = _check(self)
         if problems:
@@ -160,6 +174,18 @@ def _check(cfg: TwinConfig) -> list[str]:
             "0 < lo <= hi < 1",
         ),
         ("scale_range", 0.5 < cfg.scale_range[0] <= cfg.scale_range[1] < 2.0, "0.5 < lo <= hi < 2"),
+        ("video_train", cfg.video_train >= 0, ">= 0"),
+        ("video_val", cfg.video_val >= 0, ">= 0"),
+        ("video_test", cfg.video_test >= 1 or cfg.video_train == 0, ">= 1 when video_train > 0"),
+        ("video_reps_train", cfg.video_reps_train >= 1, ">= 1"),
+        ("video_reps_val", cfg.video_reps_val >= 1, ">= 1"),
+        ("video_reps_test", cfg.video_reps_test >= 1, ">= 1"),
+        ("video_size", cfg.video_size >= 16, ">= 16"),
+        ("video_fps", cfg.video_fps >= 1, ">= 1"),
+        ("video_clip_s", cfg.video_clip_s > 0.0, "> 0"),
+        ("video_clips_per_run", cfg.video_clips_per_run >= 1, ">= 1"),
+        ("video_travel", 0.0 <= cfg.video_travel[0] <= cfg.video_travel[1], "0 <= lo <= hi"),
+        ("motion_gain", 0.0 <= cfg.motion_gain <= 1.0, "in [0, 1]"),
     ]
     return [
         f"twin.{name}: must be {allowed}; got {getattr(cfg, name)!r}"
@@ -187,6 +213,12 @@ PROFILES: dict[str, TwinConfig] = {
         t1_voxel_mm=1.5,
         trials_per_run=62,
         runs_per_session=10,
+        video_train=480,
+        video_val=48,
+        video_test=120,
+        video_reps_test=3,
+        video_size=32,
+        video_clips_per_run=120,
     ),
 }
 

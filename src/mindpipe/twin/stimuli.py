@@ -90,7 +90,7 @@ def sample_stimuli(cfg: TwinConfig, seed: int) -> pd.DataFrame:
     held = choose_held_out(cfg, seed)
     seen = [c for c in names if c not in held]
     splits = [("train", cfg.n_train, seen), ("val", cfg.n_val, seen), ("test", cfg.n_test, names)]
-    category = np.concatenate([_balanced(pool, n, rng) for _, n, pool in splits])
+    category = np.concatenate([balanced(pool, n, rng) for _, n, pool in splits])
     table = _draw_attributes(category, cfg, rng)
     table["split"] = np.repeat([s for s, _, _ in splits], [n for _, n, _ in splits])
     table["held_out"] = np.isin(category, held).astype(np.int64)
@@ -108,7 +108,7 @@ def pretraining_corpus(cfg: TwinConfig, seed: int, n: int) -> tuple[pd.DataFrame
     ``(n, image_size, image_size, 3)`` uint8 images.
     """
     rng = rng_for(seed, "pretraining_corpus")
-    category = _balanced(list(CATEGORIES)[: cfg.n_categories], n, rng)
+    category = balanced(list(CATEGORIES)[: cfg.n_categories], n, rng)
     table = _draw_attributes(category, cfg, rng)
     return table, render_table(table, cfg, seed)
 
@@ -143,7 +143,7 @@ def _draw_attributes(
     return table
 
 
-def _balanced(pool: list[str], n: int, rng: np.random.Generator) -> np.ndarray:
+def balanced(pool: list[str], n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` labels cycling through ``pool`` (counts differ by at most one), shuffled."""
     return rng.permutation(np.resize(np.array(pool), n))
 

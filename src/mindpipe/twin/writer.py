@@ -11,6 +11,7 @@ import io
 import logging
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from mindpipe import __version__
-from mindpipe.twin import anatomy, bold, responses, stimuli
+from mindpipe.twin import anatomy, bold, responses, stimuli, video
 from mindpipe.twin.config import TwinConfig, config_dict, get_profile, rng_for
 from mindpipe.utils import atomic_dir, progress, write_json
 
@@ -73,23 +74,49 @@ def generate(out_dir: str | Path, profile: str = "tiny", seed: int = 0, **overri
 
 
 def write_dataset(root: Path, cfg: TwinConfig, seed: int) -> None:
-    """Write every file of the dataset under ``root`` (an existing, empty directory)."""
-    truth_dir = root / TRUTH_DIR
-    truth_dir.mkdir(parents=True)
+    """Write every file of the dataset under ``root`` (an existing, empty directory).
+
+    The image paradigm goes to ``root``; the video paradigm, when the config has clips, to
+    ``root/video`` as a dataset of its own (same subjects and anatomies, ``task-video``).
+    """
     table = stimuli.sample_stimuli(cfg, seed)
     images = _write_stimuli(root / "stimuli", table, cfg, seed)
     energy = stimuli.contrast_energy(images, cfg)
     del images
+    _write_template(root / "template", cfg)
+    _write_paradigm(root, table, energy, cfg, seed, TASK)
+    if cfg.video_train > 0:
+        clips_table = video.sample_clips(cfg, seed)
+        vcfg = video.paradigm_config(cfg)
+        clips = video.render_clips(clips_table, cfg, seed)
+        _write_clips(root / "video" / "stimuli", clips_table, clips, cfg, seed)
+        energy = video.clip_energy(clips, cfg)
+        del clips
+        modulate = video.direction_tuning(clips_table, cfg, seed)
+        _write_paradigm(root / "video", clips_table, energy, vcfg, seed, video.TASK, modulate)
+
+
+def _write_paradigm(
+    root: Path,
+    table: pd.DataFrame,
+    energy: np.ndarray,
+    cfg: TwinConfig,
+    seed: int,
+    task: str,
+    modulate: Callable | None = None,
+) -> None:
+    """Subjects, their runs and ground truth, and the dataset's description files."""
+    truth_dir = root / TRUTH_DIR
+    truth_dir.mkdir(parents=True)
     latents = stimuli.stimulus_latents(cfg, seed, table)
     reference = stimuli.reference_latents(cfg, seed)
     np.save(truth_dir / "stimuli_latents.npy", latents)
-    _write_template(root / "template", cfg)
 
     subjects = [f"sub-{i:02d}" for i in range(1, cfg.n_subjects + 1)]
     summaries = {}
-    for number, label in enumerate(progress(subjects, desc="twin subjects"), start=1):
+    for number, label in enumerate(progress(subjects, desc=f"twin subjects ({task})"), start=1):
         summaries[label] = _write_subject(
-            root, label, number, table, energy, latents, reference, cfg, seed
+            root, label, number, table, energy, latents, reference, cfg, seed, task, modulate
         )
 
     _write_tsv(root / "participants.tsv", pd.DataFrame({"participant_id": subjects}))
@@ -128,6 +155,26 @@ def _write_stimuli(folder: Path, table: pd.DataFrame, cfg: TwinConfig, seed: int
     return images
 
 
+def _write_clips(
+    folder: Path, table: pd.DataFrame, clips: np.ndarray, cfg: TwinConfig, seed: int
+) -> None:
+    """One animated PNG per clip (lossless; its first frame is the keyframe) and the tables."""
+    (folder / "videos").mkdir(parents=True)
+    duration_ms = 1000 // cfg.video_fps
+    for path, frames in zip(table["file"], clips, strict=True):
+        first, *rest = (Image.fromarray(frame) for frame in frames)
+        first.save(
+            folder.parent / path,
+            format="PNG",
+            save_all=True,
+            append_images=rest,
+            duration=duration_ms,
+            loop=0,
+        )
+    _write_tsv(folder / "stimuli.tsv", table)
+    _write_tsv(folder / "categories.tsv", stimuli.category_table(cfg, seed))
+
+
 def _write_template(folder: Path, cfg: TwinConfig) -> None:
     folder.mkdir(parents=True)
     tpl = anatomy.make_template(cfg)
@@ -147,11 +194,20 @@ def _write_subject(
     reference: np.ndarray,
     cfg: TwinConfig,
     seed: int,
+    task: str,
+    modulate: Callable | None,
 ) -> dict[str, Any]:
-    """Anatomy, mask, truth and every run of one subject; returns a summary for twin.json."""
+    """Anatomy, mask, truth and every run of one subject; returns a summary for twin.json.
+
+    ``modulate(encoding, anatomy, subject)``, when given, adjusts the encoding model to the
+    paradigm (the video paradigm's direction tuning).
+    """
     anat = anatomy.make_subject(cfg, seed, number)
     enc = responses.encode_subject(anat, energy, latents, reference, cfg, seed, number)
+    if modulate is not None:
+        enc = modulate(enc, anat, number)
     plans = bold.make_schedule(table, cfg, seed, number)
+    files = table.set_index("stim_id")["file"]
     n_sessions = plans[-1].session
     noise = bold.draw_subject_noise(anat, n_sessions, cfg, seed, number)
 
@@ -178,10 +234,10 @@ def _write_subject(
     for index, plan in enumerate(progress(plans, desc=f"{label} runs")):
         rng = rng_for(seed, "subject", number, "run", index)
         data = bold.synthesize_run(plan, anat, enc, noise, cfg, rng)
-        stem = f"{label}_ses-{plan.session:02d}_task-{TASK}_run-{plan.run:02d}"
+        stem = f"{label}_ses-{plan.session:02d}_task-{task}_run-{plan.run:02d}"
         save_nifti(data, anat.bold_affine, func / f"{stem}_bold.nii.gz", tr=cfg.tr_s)
-        write_json(func / f"{stem}_bold.json", {"RepetitionTime": cfg.tr_s, "TaskName": TASK})
-        _write_tsv(func / f"{stem}_events.tsv", plan.events(cfg))
+        write_json(func / f"{stem}_bold.json", {"RepetitionTime": cfg.tr_s, "TaskName": task})
+        _write_tsv(func / f"{stem}_events.tsv", plan.events(cfg, files))
 
     logger.debug(
         "%s: BOLD grid %s, %d brain voxels, %d mask voxels (%d retinotopic), %d runs",

@@ -58,7 +58,14 @@ class ValidateRawParams:
 def validate_raw(
     *, data_dir: Path, out_dir: Path, params: ValidateRawParams, base: BaseParams
 ) -> dict[str, float]:
-    """Validate the raw dataset; write ``report.json``/``report.md``; return counts.
+    """Validate the dataset and its video paradigm (report in ``out_dir/video``), if any."""
+    return bids.for_each_paradigm(
+        lambda data, out: validate_dataset(data, out, params), data_dir, out_dir
+    )
+
+
+def validate_dataset(data_dir: Path, out_dir: Path, params: ValidateRawParams) -> dict[str, float]:
+    """Validate one raw dataset; write ``report.json``/``report.md``; return counts.
 
     Returns
     -------

@@ -1,0 +1,170 @@
+"""The video paradigm (CC2017-like): short clips of one moving shape, shown back to back.
+
+Each clip shows one shape from the image paradigm's generator (category, colour, texture, size)
+travelling in a straight line for ``video_clip_s`` seconds at ``video_fps`` (2 s at 8 FPS =
+16 frames, as NeuroClips generates). Clips follow each other without gaps, one per TR, like
+CC2017's continuous movies, so the BOLD response to a clip overlaps its neighbours' (the HRF lag
+NeuroClips' preprocessing has to undo).
+
+Responses reuse the image paradigm's encoding model on each clip: retinotopic voxels see the
+clip's contrast energy averaged over its frames (BOLD integrates over the 2 s), semantic voxels
+see the shape's latent. Time-averaged energy is symmetric in time, so retinotopic voxels also
+get an MT-like direction tuning (gain ``1 + motion_gain * cos(direction - preferred)``): without
+it the direction of motion would not be in the brain data at all.
+
+The paradigm is written as its own BIDS-like dataset under ``<root>/video`` with
+``task-video`` runs, so every image-paradigm reader (validation, preprocessing, the feature
+cache) reads it unchanged. A clip file is an animated PNG whose first frame is the keyframe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from mindpipe.twin import stimuli
+from mindpipe.twin.anatomy import SubjectAnatomy
+from mindpipe.twin.config import TwinConfig, rng_for
+from mindpipe.twin.responses import Encoding
+
+TASK = "video"
+DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
+
+
+def paradigm_config(cfg: TwinConfig) -> TwinConfig:
+    """The image-paradigm config with the video settings in place of the image ones.
+
+    Clips are shown back to back (trial interval = clip length), so the same schedule,
+    encoding and BOLD code generate the video runs.
+    """
+    return dataclasses.replace(
+        cfg,
+        image_size=cfg.video_size,
+        n_train=cfg.video_train,
+        n_val=cfg.video_val,
+        n_test=cfg.video_test,
+        reps_train=cfg.video_reps_train,
+        reps_val=cfg.video_reps_val,
+        reps_test=cfg.video_reps_test,
+        stim_duration_s=cfg.video_clip_s,
+        trial_interval_s=cfg.video_clip_s,
+        trials_per_run=cfg.video_clips_per_run,
+    )
+
+
+def n_frames(cfg: TwinConfig) -> int:
+    return round(cfg.video_fps * cfg.video_clip_s)
+
+
+def direction_word(angle: float) -> str:
+    """One of eight compass words for a direction in radians (0 = right, pi/2 = up)."""
+    return DIRECTIONS[round(angle / (np.pi / 4)) % 8]
+
+
+def sample_clips(cfg: TwinConfig, seed: int) -> pd.DataFrame:
+    """Draw every clip: the stimulus-table columns (``x``, ``y`` = start), ``dx``, ``dy``.
+
+    Held-out categories appear only in the test split, as for images. Drawn from their own
+    random stream, so adding the video paradigm never changes the image paradigm.
+    """
+    rng = rng_for(seed, "video", "clips")
+    vcfg = paradigm_config(cfg)
+    names = list(stimuli.CATEGORIES)[: cfg.n_categories]
+    held = stimuli.choose_held_out(cfg, seed)
+    seen = [c for c in names if c not in held]
+    splits = [
+        ("train", vcfg.n_train, seen),
+        ("val", vcfg.n_val, seen),
+        ("test", vcfg.n_test, names),
+    ]
+    category = np.concatenate([stimuli.balanced(pool, n, rng) for _, n, pool in splits])
+    n = len(category)
+    size = np.round(rng.uniform(*cfg.size_range, n), 4)
+    limit = 1.0 - size - 0.02  # the whole shape stays on screen for the whole clip
+    angle = rng.uniform(0.0, 2 * np.pi, n)
+    travel = rng.uniform(*cfg.video_travel, n)
+    dx, dy = travel * np.cos(angle), travel * np.sin(angle)
+    fit = np.minimum(1.0, 2 * limit / np.maximum(np.maximum(np.abs(dx), np.abs(dy)), 1e-9))
+    dx, dy = np.round(dx * fit, 4), np.round(dy * fit, 4)
+    x = np.round(rng.uniform(-limit - np.minimum(dx, 0), limit - np.maximum(dx, 0)), 4)
+    y = np.round(rng.uniform(-limit - np.minimum(dy, 0), limit - np.maximum(dy, 0)), 4)
+    colour = np.array(list(stimuli.COLOURS))[rng.integers(len(stimuli.COLOURS), size=n)]
+    texture = np.array(list(stimuli.TEXTURES))[rng.integers(len(stimuli.TEXTURES), size=n)]
+    table = pd.DataFrame(
+        {
+            "stim_id": np.arange(n, dtype=np.int64),
+            "file": [f"stimuli/videos/clip-{i:05d}.png" for i in range(n)],
+            "category": category,
+            "colour": colour,
+            "texture": texture,
+            "size": size,
+            "x": x,
+            "y": y,
+            "dx": dx,
+            "dy": dy,
+        }
+    )
+    table["caption"] = [
+        f"{stimuli.caption(r.category, r.colour, r.texture, r.size, r.x, r.y)} "
+        f"moving {direction_word(np.arctan2(r.dy, r.dx))}"
+        for r in table.itertuples()
+    ]
+    table["split"] = np.repeat([s for s, _, _ in splits], [k for _, k, _ in splits])
+    table["held_out"] = np.isin(category, held).astype(np.int64)
+    return table[[*stimuli.STIMULI_CONTRACT_COLUMNS, "dx", "dy"]]
+
+
+def render_clips(table: pd.DataFrame, cfg: TwinConfig, seed: int) -> np.ndarray:
+    """Every clip's frames, ``(n_clips, n_frames, S, S, 3)`` uint8 (S = ``video_size``)."""
+    vcfg = paradigm_config(cfg)
+    screen = stimuli.background(vcfg, seed)
+    steps = np.linspace(0.0, 1.0, n_frames(cfg))
+    return np.stack(
+        [
+            np.stack(
+                [
+                    stimuli.render(
+                        r.category,
+                        r.colour,
+                        r.texture,
+                        r.size,
+                        r.x + s * r.dx,
+                        r.y + s * r.dy,
+                        vcfg,
+                        screen,
+                    )
+                    for s in steps
+                ]
+            )
+            for r in table.itertuples()
+        ]
+    )
+
+
+def clip_energy(clips: np.ndarray, cfg: TwinConfig) -> np.ndarray:
+    """Contrast energy averaged over each clip's frames, ``(n_clips, S * S)``."""
+    n, f = clips.shape[:2]
+    frames = clips.reshape(n * f, *clips.shape[2:])
+    return stimuli.contrast_energy(frames, paradigm_config(cfg)).reshape(n, f, -1).mean(axis=1)
+
+
+def direction_tuning(table: pd.DataFrame, cfg: TwinConfig, seed: int):
+    """The encoding modifier that makes retinotopic voxels direction-selective (MT-like).
+
+    Returns ``modulate(encoding, anatomy, subject) -> encoding``; each subject's voxels draw
+    their preferred directions from their own stream.
+    """
+    angle = np.arctan2(table["dy"].to_numpy(), table["dx"].to_numpy())
+
+    def modulate(enc: Encoding, anat: SubjectAnatomy, subject: int) -> Encoding:
+        rng = rng_for(seed, "subject", subject, "video", "direction")
+        preferred = rng.uniform(0.0, 2 * np.pi, len(anat.kind))
+        gain = 1.0 + cfg.motion_gain * np.cos(angle[:, None] - preferred[None, :])
+        retino = anat.kind == 0
+        amplitude = enc.amplitude.astype(np.float64)
+        amplitude[:, retino] *= gain[:, retino]
+        return dataclasses.replace(enc, amplitude=amplitude.astype(np.float32))
+
+    return modulate
