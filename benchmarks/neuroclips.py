@@ -7,8 +7,8 @@ Builds the stage's models at the pipeline's default sizes (params.yaml ``neurocl
 Semantics Reconstructor (MindEye MLP), the unCLIP keyframe generator and the video model
 (AnimateDiff-style UNet + SparseCtrl-style control net, 16 frames at 32 px). Each measurement
 runs in its own child process so peak RSS belongs to it alone (on CUDA, peak allocated GPU
-memory). Prints per-part seconds per clip at batch 1 and at ``--clips`` per batch, one
-training step of the video model, and the parameter counts.
+memory). Prints per-part seconds per clip at batch 1 and at ``--clips`` per batch, the
+seconds per training step of the video model, and the parameter counts.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def infer(models: dict[str, torch.nn.Module], voxels: torch.Tensor, args) -> dic
     blurry = expand_blurry(models["perception"].eval()(voxels), FRAMES, SIZE)
     seconds["perception"] = time.perf_counter() - start
     start = time.perf_counter()
-    embedding = models["semantics"].eval()(voxels)
+    embedding = models["semantics"].eval()(voxels).flatten(1)
     keyframe = models["keyframe"].sample(embedding, args.keyframe_steps)
     keyframe = torch.nn.functional.interpolate(keyframe, size=SIZE, mode="bilinear")
     seconds["semantics + keyframe"] = time.perf_counter() - start
@@ -112,7 +112,8 @@ def measure(kind: str, batch: int, args: argparse.Namespace, queue: mp.Queue) ->
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    queue.put((device.type, {k: v / batch for k, v in seconds.items()}, peak))
+    per = batch if kind == "inference" else 1  # inference: per clip; training: per step
+    queue.put((device.type, {k: v / per for k, v in seconds.items()}, peak))
 
 
 def run_child(kind: str, batch: int, args: argparse.Namespace) -> tuple[str, dict, float]:
@@ -120,9 +121,10 @@ def run_child(kind: str, batch: int, args: argparse.Namespace) -> tuple[str, dic
     queue = ctx.Queue()
     proc = ctx.Process(target=measure, args=(kind, batch, args, queue))
     proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    proc.join()  # the result is a few numbers: the queue never fills, so joining first is safe
+    if proc.exitcode != 0:
+        raise SystemExit(f"the {kind} measurement failed (exit code {proc.exitcode}); see above")
+    return queue.get()
 
 
 def main() -> None:
@@ -146,8 +148,9 @@ def main() -> None:
         device, seconds, peak = run_child(kind, batch, args)
         total = sum(seconds.values())
         parts = ", ".join(f"{k} {v:.3f}" for k, v in seconds.items())
+        unit = "clip" if kind == "inference" else "step"
         print(
-            f"{kind:<9} batch {batch:>3} on {device}: {total:.3f} s per clip ({parts}); "
+            f"{kind:<9} batch {batch:>3} on {device}: {total:.3f} s per {unit} ({parts}); "
             f"peak memory {peak:.0f} MiB"
         )
 
