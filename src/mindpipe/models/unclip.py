@@ -17,11 +17,12 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from mindpipe.exceptions import MissingWeightsError
 from mindpipe.models.checkpoint import load_checkpoint, save_checkpoint
+from mindpipe.models.sampling import ddim_start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,22 +112,11 @@ class UnCLIPGenerator(nn.Module):
         With ``blurry`` images (in [-1, 1]) and ``strength`` < 1, sampling starts from the blurry
         image noised to that strength, so coarse layout comes from fMRI's low-level decode.
         """
-        scheduler = DDIMScheduler(
-            num_train_timesteps=self.config.train_timesteps,
-            prediction_type=self.config.prediction_type,
+        cfg, device = self.config, embedding.device
+        shape = (embedding.shape[0], 3, cfg.image_size, cfg.image_size)
+        scheduler, x, timesteps = ddim_start(
+            cfg.train_timesteps, cfg.prediction_type, steps, seed, shape, device, blurry, strength
         )
-        scheduler.set_timesteps(steps)
-        device = embedding.device
-        gen = torch.Generator().manual_seed(seed)
-        shape = (embedding.shape[0], 3, self.config.image_size, self.config.image_size)
-        x = torch.randn(shape, generator=gen).to(device)
-        timesteps = scheduler.timesteps
-        if blurry is not None and strength < 1.0:
-            start = len(timesteps) - round(steps * strength)
-            timesteps = timesteps[start:]
-            if len(timesteps) == 0:
-                return blurry.clamp(-1, 1)
-            x = scheduler.add_noise(blurry.to(device), x, timesteps[:1])
         for t in timesteps:
             pred = self(x, t.expand(x.shape[0]).to(device), embedding)
             x = scheduler.step(pred, t, x, eta=0.0).prev_sample

@@ -52,6 +52,7 @@ from torch import nn
 
 from mindpipe.exceptions import MissingWeightsError
 from mindpipe.models.checkpoint import load_checkpoint, save_checkpoint
+from mindpipe.models.sampling import ddim_start
 
 #: Per-frame control channels before SparseCtrl's mask: blurry RGB, blurry flag, keyframe RGB.
 CONTROL_CHANNELS = 7
@@ -296,20 +297,10 @@ class VideoDiffusion(nn.Module):
         if n is None:
             raise ValueError("sample() needs a condition or batch= to know how many clips")
         device = next(self.parameters()).device
-        scheduler = DDIMScheduler(
-            num_train_timesteps=cfg.train_timesteps, prediction_type=cfg.prediction_type
-        )
-        scheduler.set_timesteps(steps)
-        gen = torch.Generator().manual_seed(seed)
         shape = (n, cfg.n_frames, 3, cfg.frame_size, cfg.frame_size)
-        x = torch.randn(shape, generator=gen).to(device)
-        timesteps = scheduler.timesteps
-        if blurry is not None and strength < 1.0:
-            start = len(timesteps) - round(steps * strength)
-            timesteps = timesteps[start:]
-            if len(timesteps) == 0:
-                return blurry.clamp(-1, 1)
-            x = scheduler.add_noise(blurry.to(device), x, timesteps[:1])
+        scheduler, x, timesteps = ddim_start(
+            cfg.train_timesteps, cfg.prediction_type, steps, seed, shape, device, blurry, strength
+        )
         cond, mask = self._control(keyframe, blurry, x)
         tokens = self._tokens(embedding, n)
         cfg_on = guidance_scale != 1.0 and embedding is not None

@@ -510,9 +510,10 @@ def neuroclips(
     rows = lambda ids: np.array([row_of[i] for i in ids])  # noqa: E731
 
     generator = load_generator(Path(reconstruct_dir) / "model").to(device)
+    train_keys = unit_rows(store.image_pooled(train_ids))  # keyframe embeddings
     video_model = _video_model(
         clips[rows(train_ids)],
-        unit_rows(store.image_pooled(train_ids)),
+        train_keys,
         fps,
         params,
         device,
@@ -536,7 +537,6 @@ def neuroclips(
     scorer = Scorer(
         classifier, MLIPEncoder(Path(mlip_dir) / "model", device), fps, params, base.seed
     )
-    train_keys = unit_rows(store.image_pooled(train_ids))
     train_captions = table.loc[train_ids, "caption"].to_numpy()
 
     metrics: dict[str, float] = {
