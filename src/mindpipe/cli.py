@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from mindpipe.exceptions import MindpipeError
-from mindpipe.params import BaseParams, load_params, parse_section
+from mindpipe.params import DATASETS, BaseParams, load_params, parse_section
 from mindpipe.stages import STAGES
 
 logger = logging.getLogger("mindpipe")
@@ -50,15 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list the registered stages and what each one reads")
 
-    data = sub.add_parser("data", help="datasets: check one before training on it")
+    data = sub.add_parser("data", help="datasets: check, import (real data) or pull one")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     check = data_sub.add_parser(
         "check",
-        help="validate a dataset folder (layout, NIfTI, events, stimuli; Great Expectations) "
-        "and print what is missing or wrong; writes nothing",
+        help="validate a dataset folder and print what is missing or wrong; writes nothing. "
+        "twin: the internal layout (NIfTI, events, stimuli); nsd, god, cc2017, bids: the "
+        "release as downloaded (files, keys, shapes, index tables; Great Expectations)",
     )
-    check.add_argument("path", nargs="?", help="dataset folder (default: base.data_dir)")
+    check.add_argument(
+        "path", nargs="?", help="folder (default: base.data_dir, or base.source.dir)"
+    )
     check.add_argument("--params", default="params.yaml", help="params file (validate_raw section)")
+    check.add_argument("--dataset", choices=DATASETS, help="default: base.dataset")
+    imp = data_sub.add_parser(
+        "import",
+        help="convert a real dataset's release (base.source.dir) into base.data_dir "
+        "(the internal layout the stages read), after checking it",
+    )
+    imp.add_argument("--params", default="params.yaml", help="base.dataset and base.source")
+    imp.add_argument("--source", help="the release folder (default: base.source.dir)")
+    imp.add_argument("--out", help="default: base.data_dir")
+    imp.add_argument("--force", action="store_true", help="replace an existing output folder")
     pull = data_sub.add_parser(
         "pull",
         help="fetch one dataset version (data.dvc's md5) from a DVC remote, no git repo needed",
@@ -161,9 +174,21 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"{args.out}: {'pulled' if fetched else 'already holds'} {md5}")
         return 0
 
+    if args.data_command == "import":
+        return _import_data(args)
+    base = _base(args.params)
+    kind = args.dataset or base.dataset
+    if kind != "twin":
+        from mindpipe.io.adapters import check_source
+
+        report = check_source(kind, args.path or base.source.dir, base.source)
+        print(report.markdown())
+        if not report.ok:
+            raise MindpipeError(f"the {kind} release is not ready to import: see the report above")
+        return 0
+
     from mindpipe.validate.raw import ValidateRawParams, validate_raw
 
-    base = _base(args.params)
     raw = _raw_params(args.params).get("validate_raw")
     params = parse_section(ValidateRawParams, raw, "validate_raw")
     data_dir = Path(args.path or base.data_dir)
@@ -178,6 +203,26 @@ def cmd_data(args: argparse.Namespace) -> int:
             print(report.read_text())
     if failure is not None:
         raise failure
+    return 0
+
+
+def _import_data(args: argparse.Namespace) -> int:
+    """``data import``: check the release, convert it into ``base.data_dir`` atomically."""
+    base = _base(args.params)
+    if base.dataset == "twin":
+        raise MindpipeError(
+            "base.dataset is 'twin': set it to the real dataset to import (nsd, god, cc2017 or "
+            "bids) and base.source.dir to its release"
+        )
+    out = Path(args.out or base.data_dir)
+    if out.exists() and not args.force:
+        raise MindpipeError(f"'{out}' exists; move it away or pass --force to replace it")
+    from mindpipe.io.adapters import import_dataset
+
+    source = args.source or base.source.dir
+    metrics = import_dataset(base.dataset, source, out, base.source, base.seed)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    print(f"wrote {base.dataset} from '{source}' to '{out}'; next: `dvc add {out}`, `mindpipe run`")
     return 0
 
 
@@ -241,13 +286,18 @@ def _env_with_own_bin() -> dict[str, str]:
 
 
 def ensure_data(base: BaseParams) -> None:
-    """Make data/ match params: pull it from a DVC remote, or (re)generate the twin.
+    """Make data/ match params: pull it from a DVC remote, (re)generate the twin, or import.
 
     A twin whose recorded profile/seed differ from base.profile/base.seed is regenerated, so
     `dvc exp run -S base.profile=tiny` sees tiny data. Real data (no twin description) is
-    never touched.
+    never touched; a missing data/ with a real base.dataset is imported from base.source.dir.
     """
     data = Path(base.data_dir)
+    if data.exists() and base.dataset != "twin":
+        from mindpipe.io.trials import check_dataset_kind
+
+        check_dataset_kind(data, base.dataset)
+        return
     if data.exists():
         recorded = _twin_description(data)
         if recorded is None or recorded == (base.profile, base.seed):
@@ -260,6 +310,11 @@ def ensure_data(base: BaseParams) -> None:
     elif Path(f"{data}.dvc").exists() and _has_dvc_remote():
         if subprocess.run([sys.executable, "-m", "dvc", "pull", f"{data}.dvc"]).returncode:
             raise MindpipeError(f"`dvc pull {data}.dvc` failed; check the DVC remote")
+        return
+    if base.dataset != "twin":
+        from mindpipe.io.adapters import import_dataset
+
+        import_dataset(base.dataset, base.source.dir, data, base.source, base.seed)
         return
     from mindpipe.twin import generate
 

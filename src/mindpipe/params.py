@@ -21,6 +21,56 @@ from mindpipe.exceptions import ParamsError
 P = TypeVar("P")
 
 PROFILES = ("tiny", "default")
+#: ``base.dataset`` values: the twin, or a real dataset converted by ``mindpipe data import``.
+DATASETS = ("twin", "nsd", "god", "cc2017", "bids")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceParams:
+    """``base.source``: where a real dataset's release lies and how to convert it.
+
+    Read only by ``mindpipe data import`` (and ``mindpipe data check``), which write the
+    converted dataset to ``base.data_dir``; the stages read ``base.data_dir`` only.
+    docs/real-data.md gives each dataset's expected layout.
+
+    Attributes
+    ----------
+    dir : str or None
+        The release folder as downloaded (null with the twin).
+    subjects : tuple of str
+        Subjects to convert, named as in the release (``subj01``, ``Subject1``, ``subject1``,
+        ``sub-01``); empty: every subject found.
+    val_fraction : float
+        Fraction of the training images (clips) set aside as the validation split, by
+        ``base.seed``.
+    test_fraction : float
+        ``bids`` only (a lab's dataset has no test split): fraction of the stimuli held out
+        for testing, by ``base.seed``. The public datasets' own test sets are kept.
+    image_size : int
+        Stimulus images (and video frames) are written square at this size in pixels.
+    roi : str or None
+        The voxels kept: NSD NIfTI route, the ROI file name under ``roi/`` (null:
+        ``nsdgeneral``); GOD, the bdpy ROI key (null: ``ROI_VC``); BIDS, a mask path relative
+        to the release with ``{subject}`` in it (null: an EPI brain mask from nilearn); CC2017
+        keeps the cortical surface and ignores it.
+    """
+
+    dir: str | None = None
+    subjects: tuple[str, ...] = ()
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    image_size: int = 224
+    roi: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ParamsError(f"'{key}' must be in [0, 1); got {value} (base.source.{key})")
+        if self.image_size < 8:
+            raise ParamsError(
+                f"'image_size' must be >= 8 pixels; got {self.image_size} (base.source.image_size)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,17 +87,30 @@ class BaseParams:
         The raw dataset (BIDS-like; tracked by ``data.dvc``).
     artifacts_dir : str
         Where stage outputs go, one folder per stage.
+    dataset : str
+        What ``data_dir`` holds: ``twin`` (the synthetic twin, or any dataset already in the
+        internal layout) or a real dataset that ``mindpipe data import`` converted from
+        ``source``: ``nsd``, ``god``, ``cc2017`` (pre-estimated responses) or ``bids`` (a lab's
+        own scans, through the GLM).
+    source : SourceParams
+        The real dataset's release and conversion settings.
     """
 
     seed: int = 0
     profile: str = "default"
     data_dir: str = "data"
     artifacts_dir: str = "artifacts"
+    dataset: str = "twin"
+    source: SourceParams = dataclasses.field(default_factory=SourceParams)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ParamsError(
                 f"'profile' must be one of {list(PROFILES)}; got {self.profile!r} (base.profile)"
+            )
+        if self.dataset not in DATASETS:
+            raise ParamsError(
+                f"'dataset' must be one of {list(DATASETS)}; got {self.dataset!r} (base.dataset)"
             )
 
 

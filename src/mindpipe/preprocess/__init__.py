@@ -7,12 +7,8 @@ from mindpipe.preprocess.glm import (
     run_betas,
     trial_regressors,
 )
-from mindpipe.preprocess.stage import (
-    PreprocessParams,
-    average_repeats,
-    plot_reliability,
-    preprocess,
-)
+from mindpipe.preprocess.outputs import average_repeats, plot_reliability
+from mindpipe.preprocess.stage import PreprocessParams, preprocess
 from mindpipe.preprocess.voxels import SessionZScorer, VoxelSelector, ncsnr
 
 __all__ = [

@@ -24,16 +24,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from scipy import sparse
 
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.io import bids
+from mindpipe.io.trials import BETAS_DATASETS, check_dataset_kind
 from mindpipe.params import BaseParams
 from mindpipe.preprocess.glm import HRF_MODELS, run_betas
+from mindpipe.preprocess.outputs import (
+    average_repeats,
+    expected_rows,
+    no_reliable_voxel,
+    publish,
+    save_split,
+    subject_metrics,
+)
 from mindpipe.preprocess.voxels import SessionZScorer, VoxelSelector
 from mindpipe.utils import progress, write_json
-from mindpipe.validate.betas import SUMMARY_COLUMNS, check_betas_summary
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +105,16 @@ class _SubjectBetas:
 def preprocess(
     *, data_dir: Path, out_dir: Path, params: PreprocessParams, base: BaseParams
 ) -> dict[str, float]:
-    """Run the stage on the dataset and on its video paradigm (``out_dir/video``), if any."""
-    return bids.for_each_paradigm(
-        lambda data, out: preprocess_dataset(data, out, params), data_dir, out_dir
-    )
+    """Run the stage on the dataset and on its video paradigm (``out_dir/video``), if any.
+
+    ``base.dataset`` picks the route: BOLD runs through the GLM (twin, bids) or pre-estimated
+    responses (nsd, god, cc2017: :func:`mindpipe.preprocess.trials.preprocess_trials`).
+    """
+    from mindpipe.preprocess.trials import preprocess_trials
+
+    check_dataset_kind(data_dir, base.dataset)
+    route = preprocess_trials if base.dataset in BETAS_DATASETS else preprocess_dataset
+    return bids.for_each_paradigm(lambda data, out: route(data, out, params), data_dir, out_dir)
 
 
 def preprocess_dataset(data_dir: Path, out_dir: Path, params: PreprocessParams) -> dict[str, float]:
@@ -135,11 +147,7 @@ def preprocess_dataset(data_dir: Path, out_dir: Path, params: PreprocessParams) 
         selector = VoxelSelector(min_ncsnr=params.min_ncsnr, n_voxels=params.n_voxels)
         selector.fit(zbetas[train], raw.stim[train])
         if selector.indices_.size == 0:
-            raise DataError(
-                f"{subject}: no voxel reaches NCSNR >= {params.min_ncsnr} (best "
-                f"{np.nanmax(selector.ncsnr_):.3f} over {selector.ncsnr_.size} mask voxels, "
-                f"{selector.n_images_} repeated train images); lower preprocess.min_ncsnr"
-            )
+            raise no_reliable_voxel(subject, params.min_ncsnr, selector.ncsnr_, selector.n_images_)
         selected = selector.transform(zbetas)
         voxel_index = np.flatnonzero(raw.mask.ravel(order="C"))[selector.indices_]
         reliability[subject] = (selector.ncsnr_, selector.support_)
@@ -149,16 +157,9 @@ def preprocess_dataset(data_dir: Path, out_dir: Path, params: PreprocessParams) 
         outputs = {"train": (selected[train], raw.stim[train])}
         for name in ("val", "test"):
             outputs[name] = average_repeats(selected[split == name], raw.stim[split == name])
-        expected = {
-            "train": int(train.sum()),
-            "val": int(np.unique(raw.stim[split == "val"]).size),
-            "test": int(np.unique(raw.stim[split == "test"]).size),
-        }
+        expected = expected_rows(split, raw.stim)
         for name, (x, stim) in outputs.items():
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            np.save(sub_dir / f"betas_{name}.npy", x)
-            np.save(sub_dir / f"stim_{name}.npy", stim.astype(np.int64))
-            rows.append(_summary_row(subject, name, x, raw.tr, expected[name]))
+            rows.append(save_split(sub_dir, subject, name, x, stim, raw.tr, expected[name]))
         np.save(sub_dir / "voxel_index.npy", voxel_index.astype(np.int64))
         np.save(sub_dir / "ncsnr.npy", selector.ncsnr_[selector.indices_].astype(np.float32))
         sessions = sorted(set(raw.session.tolist()))
@@ -190,11 +191,7 @@ def preprocess_dataset(data_dir: Path, out_dir: Path, params: PreprocessParams) 
                 },
             },
         )
-        snr_kept = selector.ncsnr_[selector.indices_]
-        metrics[f"{subject}.n_voxels"] = float(selector.indices_.size)
-        metrics[f"{subject}.mean_ncsnr"] = _finite_mean(snr_kept)
-        metrics[f"{subject}.mean_ncsnr_mask"] = _finite_mean(selector.ncsnr_)
-        metrics[f"{subject}.n_train"] = float(expected["train"])
+        metrics |= subject_metrics(subject, selector.ncsnr_, selector.indices_, expected["train"])
         logger.info(
             "%s: %d runs, %d trials, kept %d/%d voxels (mean NCSNR %.3f)",
             subject,
@@ -205,14 +202,7 @@ def preprocess_dataset(data_dir: Path, out_dir: Path, params: PreprocessParams) 
             metrics[f"{subject}.mean_ncsnr"],
         )
 
-    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    summary.to_csv(out_dir / "summary.tsv", sep="\t", index=False, float_format="%.6g")
-    plot_reliability(reliability, out_dir / "plots" / "reliability.png", params.min_ncsnr)
-    check_betas_summary(summary)
-
-    metrics["n_subjects"] = float(len(subjects))
-    metrics["mean_ncsnr"] = float(np.mean([metrics[f"{s}.mean_ncsnr"] for s in subjects]))
-    metrics["mean_n_voxels"] = float(np.mean([metrics[f"{s}.n_voxels"] for s in subjects]))
+    metrics = publish(out_dir, rows, reliability, params.min_ncsnr, metrics, subjects)
     logger.info("preprocess: %d subjects in %.1f s", len(subjects), time.perf_counter() - start)
     return metrics
 
@@ -259,93 +249,3 @@ def _subject_betas(
         tr=tr,
         n_runs=len(runs),
     )
-
-
-def _finite_mean(values: np.ndarray) -> float:
-    """Mean over finite values (NCSNR is inf for a voxel without noise); 0.0 if none."""
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else 0.0
-
-
-def average_repeats(betas: np.ndarray, stim_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the rows of each image.
-
-    Parameters
-    ----------
-    betas : ndarray, (n_trials, n_voxels)
-    stim_ids : ndarray, (n_trials,)
-
-    Returns
-    -------
-    betas : ndarray, (n_images, n_voxels) float32
-        One row per image, images in ascending stim_id order.
-    stim_ids : ndarray, (n_images,) int64
-    """
-    unique, inverse, counts = np.unique(stim_ids, return_inverse=True, return_counts=True)
-    onehot = sparse.csr_matrix(
-        (np.ones(stim_ids.size), (inverse.ravel(), np.arange(stim_ids.size))),
-        shape=(unique.size, stim_ids.size),
-    )
-    mean = (onehot @ np.asarray(betas, dtype=np.float64)) / counts[:, None]
-    return mean.astype(np.float32), unique.astype(np.int64)
-
-
-def _summary_row(subject: str, split: str, x: np.ndarray, tr: float, expected: int) -> dict:
-    finite = x[np.isfinite(x)]
-    has = finite.size > 0
-    return {
-        "subject": subject,
-        "split": split,
-        "n_rows": int(x.shape[0]),
-        "n_voxels": int(x.shape[1]),
-        "n_nonfinite": int(x.size - finite.size),
-        "mean": float(finite.mean(dtype=np.float64)) if has else np.nan,
-        "std": float(finite.std(dtype=np.float64)) if has else np.nan,
-        "min": float(finite.min()) if has else np.nan,
-        "max": float(finite.max()) if has else np.nan,
-        "tr": float(tr),
-        "expected_rows": int(expected),
-    }
-
-
-def plot_reliability(
-    reliability: dict[str, tuple[np.ndarray, np.ndarray]],
-    path: Path,
-    min_ncsnr: float | None = None,
-) -> None:
-    """Histogram of every mask voxel's NCSNR per subject, the kept ones highlighted.
-
-    Parameters
-    ----------
-    reliability : dict
-        ``subject -> (ncsnr (n_mask,), kept (n_mask,) bool)``.
-    path : Path
-        PNG to write (parent folders are created).
-    min_ncsnr : float, optional
-        Drawn as a vertical threshold line.
-    """
-    # The Agg canvas directly: no pyplot state, no global backend switch.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = max(len(reliability), 1)
-    fig = Figure(figsize=(3.2 * n, 3.0))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n, squeeze=False, sharey=True)
-    for ax, (subject, (snr, kept)) in zip(axes[0], reliability.items(), strict=False):
-        finite = np.isfinite(snr)
-        top = float(np.percentile(snr[finite], 99.5)) if finite.any() else 1.0
-        bins = np.linspace(0.0, max(top, 1e-3), 40)
-        clipped = np.clip(snr, 0.0, bins[-1])
-        ax.hist(clipped, bins=bins, color="0.75", label="mask")
-        ax.hist(clipped[kept], bins=bins, color="tab:blue", label=f"kept ({int(kept.sum())})")
-        if min_ncsnr is not None:
-            ax.axvline(min_ncsnr, color="tab:red", linestyle="--", label=f"min {min_ncsnr:g}")
-        ax.set_title(subject)
-        ax.set_xlabel("NCSNR (train repeats)")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("number of voxels")
-    fig.suptitle("Voxel reliability")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)

@@ -47,6 +47,29 @@ def ncsnr(betas: np.ndarray, stim_ids: np.ndarray) -> tuple[np.ndarray, int]:
     DataError
         No image is repeated.
     """
+    noise_var, n_images = noise_variance(betas, stim_ids)
+    return ncsnr_from_noise(noise_var), n_images
+
+
+def noise_variance(betas: np.ndarray, stim_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Mean over repeated images of each voxel's variance across repeats (ddof=1).
+
+    Parameters
+    ----------
+    betas : ndarray, (n_trials, n_voxels)
+    stim_ids : ndarray, (n_trials,)
+
+    Returns
+    -------
+    noise_var : ndarray, (n_voxels,) float64
+    n_images : int
+        Images with at least two repeats (the mean's weight when batches are combined).
+
+    Raises
+    ------
+    DataError
+        No image is repeated.
+    """
     betas = np.asarray(betas, dtype=np.float64)
     stim_ids = np.asarray(stim_ids)
     if betas.ndim != 2 or stim_ids.shape != (betas.shape[0],):
@@ -70,11 +93,36 @@ def ncsnr(betas: np.ndarray, stim_ids: np.ndarray) -> tuple[np.ndarray, int]:
     mean = (onehot @ betas) / k
     sq = onehot @ betas**2
     var = (sq - k * mean**2) / (k - 1.0)
-    noise_var = np.maximum(var, 0.0).mean(axis=0)
+    return np.maximum(var, 0.0).mean(axis=0), int(repeated.sum())
+
+
+def ncsnr_from_noise(noise_var: np.ndarray) -> np.ndarray:
+    """``sqrt(max(0, 1 - noise_var)) / sqrt(noise_var)`` (inf where noise_var is 0)."""
     signal_sd = np.sqrt(np.maximum(0.0, 1.0 - noise_var))
     with np.errstate(divide="ignore"):
-        snr = signal_sd / np.sqrt(noise_var)
-    return snr, int(repeated.sum())
+        return signal_sd / np.sqrt(noise_var)
+
+
+def select_reliable(snr: np.ndarray, min_ncsnr: float | None, n_voxels: int | None) -> np.ndarray:
+    """The voxels kept: NCSNR at least ``min_ncsnr``, then at most ``n_voxels`` of the best.
+
+    Parameters
+    ----------
+    snr : ndarray, (n_voxels_in,)
+        NCSNR of every voxel (ties broken by voxel order).
+
+    Returns
+    -------
+    ndarray of bool, (n_voxels_in,)
+    """
+    keep = np.ones(snr.size, dtype=bool)
+    if min_ncsnr is not None:
+        keep &= snr >= min_ncsnr
+    if n_voxels is not None and keep.sum() > n_voxels:
+        order = np.argsort(-np.where(keep, snr, -np.inf), kind="stable")
+        keep = np.zeros_like(keep)
+        keep[order[:n_voxels]] = True
+    return keep
 
 
 class SessionZScorer(TransformerMixin, BaseEstimator):
@@ -106,6 +154,7 @@ class SessionZScorer(TransformerMixin, BaseEstimator):
                 f"expected X (n_trials, n_voxels) and sessions (n_trials,); "
                 f"got {X.shape} and {sessions.shape}"
             )
+        self.__dict__.pop("_sums", None)  # a fresh fit forgets partial_fit's blocks
         labels = np.unique(sessions)
         mean = np.empty((labels.size, X.shape[1]))
         scale = np.empty_like(mean)
@@ -123,9 +172,43 @@ class SessionZScorer(TransformerMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
+    def partial_fit(self, X: np.ndarray, y: None = None, *, sessions: np.ndarray) -> SessionZScorer:
+        """Add a block of rows to the per-session statistics (``fit`` over a stream).
+
+        After the last block ``mean_``/``scale_`` describe every row seen (from float64 sums
+        and sums of squares: ``fit``'s values up to rounding). A session in which a voxel has
+        zero variance is reported by :meth:`transform`.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        sessions = np.asarray(sessions)
+        if X.ndim != 2 or sessions.shape != (X.shape[0],):
+            raise ValueError(
+                f"expected X (n_trials, n_voxels) and sessions (n_trials,); "
+                f"got {X.shape} and {sessions.shape}"
+            )
+        stats = self.__dict__.setdefault("_sums", {})
+        for label in np.unique(sessions):
+            rows = X[sessions == label]
+            n, total, squares = stats.get(label, (0, 0.0, 0.0))
+            stats[label] = (n + rows.shape[0], total + rows.sum(0), squares + (rows**2).sum(0))
+        labels = np.array(sorted(stats))
+        n = np.array([stats[k][0] for k in labels], dtype=np.float64)[:, None]
+        mean = np.stack([stats[k][1] for k in labels]) / n
+        var = np.stack([stats[k][2] for k in labels]) / n - mean**2
+        self.sessions_, self.mean_, self.scale_ = labels, mean, np.sqrt(np.maximum(var, 0.0))
+        self.n_features_in_ = X.shape[1]
+        return self
+
     def transform(self, X: np.ndarray, *, sessions: np.ndarray) -> np.ndarray:
         """Z-scored ``X`` as float32 with each row scaled by its session's statistics."""
         check_is_fitted(self, "mean_", msg=_NOT_FITTED)
+        flat = self.scale_ <= self.eps
+        if flat.any():  # only after partial_fit: fit raises first
+            i = int(np.flatnonzero(flat.any(axis=1))[0])
+            raise DataError(
+                f"session {self.sessions_[i]!s}: {int(flat[i].sum())} voxel(s) have zero "
+                "variance over its trials; cannot z-score"
+            )
         X = np.asarray(X, dtype=np.float64)
         sessions = np.asarray(sessions)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
@@ -181,13 +264,7 @@ class VoxelSelector(TransformerMixin, BaseEstimator):
         if self.n_voxels is not None and self.n_voxels < 1:
             raise ValueError(f"'n_voxels' must be >= 1 or None; got {self.n_voxels}")
         snr, n_images = ncsnr(X, y)
-        keep = np.ones(snr.size, dtype=bool)
-        if self.min_ncsnr is not None:
-            keep &= snr >= self.min_ncsnr
-        if self.n_voxels is not None and keep.sum() > self.n_voxels:
-            order = np.argsort(-np.where(keep, snr, -np.inf), kind="stable")
-            keep = np.zeros_like(keep)
-            keep[order[: self.n_voxels]] = True
+        keep = select_reliable(snr, self.min_ncsnr, self.n_voxels)
         self.ncsnr_ = snr
         self.support_ = keep
         self.indices_ = np.flatnonzero(keep).astype(np.int64)

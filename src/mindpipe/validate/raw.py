@@ -8,6 +8,11 @@
    ``stimuli.tsv``. Failures raise :class:`~mindpipe.exceptions.ValidationError` with one line per
    failed expectation.
 
+A dataset of pre-estimated responses (``base.dataset`` nsd, god or cc2017: the *betas route*,
+:mod:`mindpipe.io.trials`) gets the same gate with its betas in place of BOLD runs: the files of
+every subject agree (rows, voxel counts, sidecar), the data is finite, and a suite checks the
+trial tables against ``stimuli.tsv``.
+
 ``report.json`` and ``report.md`` are written to ``out_dir`` in either case before raising.
 """
 
@@ -18,10 +23,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mindpipe.exceptions import DataError, ParamsError, ValidationError
 from mindpipe.io import bids
+from mindpipe.io.trials import BETAS_DATASETS, TrialBetas, check_dataset_kind, open_trial_betas
 from mindpipe.params import BaseParams
 from mindpipe.utils import progress, write_json
 from mindpipe.validate.gx import Check, Spec, format_failures, run_suite
@@ -58,10 +65,13 @@ class ValidateRawParams:
 def validate_raw(
     *, data_dir: Path, out_dir: Path, params: ValidateRawParams, base: BaseParams
 ) -> dict[str, float]:
-    """Validate the dataset and its video paradigm (report in ``out_dir/video``), if any."""
-    return bids.for_each_paradigm(
-        lambda data, out: validate_dataset(data, out, params), data_dir, out_dir
-    )
+    """Validate the dataset and its video paradigm (report in ``out_dir/video``), if any.
+
+    ``base.dataset`` picks the gate: BOLD runs (twin, bids) or pre-estimated responses.
+    """
+    check_dataset_kind(data_dir, base.dataset)
+    gate = validate_trials_dataset if base.dataset in BETAS_DATASETS else validate_dataset
+    return bids.for_each_paradigm(lambda data, out: gate(data, out, params), data_dir, out_dir)
 
 
 def validate_dataset(data_dir: Path, out_dir: Path, params: ValidateRawParams) -> dict[str, float]:
@@ -93,13 +103,106 @@ def validate_dataset(data_dir: Path, out_dir: Path, params: ValidateRawParams) -
         "n_stimuli": len(stimuli),
     }
     if problems:
-        _write_report(out_dir, data_dir, counts, problems, [])
-        raise DataError(
-            f"dataset '{data_dir}' has {len(problems)} structural problem(s):\n  "
-            + "\n  ".join(problems)
-        )
+        _raise_structural(out_dir, data_dir, counts, problems)
 
     checks = run_suite("events", events, events_specs(stimuli, params.trial_types), ("file",))
+    return _stimuli_gate(data_dir, out_dir, stimuli, params, counts, checks)
+
+
+def validate_trials_dataset(
+    data_dir: Path, out_dir: Path, params: ValidateRawParams
+) -> dict[str, float]:
+    """Validate a dataset of pre-estimated responses; write the reports; return counts.
+
+    Returns
+    -------
+    dict
+        ``n_subjects``, ``n_trials``, ``n_stimuli``, ``n_expectations``, ``n_failed``.
+
+    Raises
+    ------
+    DataError
+        Structural problems: missing, truncated or disagreeing files, non-finite values.
+    ValidationError
+        A failed expectation on the trial tables or ``stimuli.tsv``.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    stimuli = bids.read_stimuli(data_dir)
+    subjects = bids.discover_subjects(data_dir)
+    tables = []
+    for subject in progress(subjects, desc="validate_raw: subjects"):
+        try:
+            tb = open_trial_betas(data_dir, subject)
+            if params.read_data:
+                check_finite(tb)
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        tables.append(
+            pd.DataFrame(
+                {
+                    "subject": subject,
+                    "trial": np.arange(tb.stim.size),
+                    "stim_id": tb.stim,
+                    "session": tb.session,
+                }
+            )
+        )
+    trials = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    counts = {"n_subjects": len(subjects), "n_trials": len(trials), "n_stimuli": len(stimuli)}
+    if problems:
+        _raise_structural(out_dir, data_dir, counts, problems)
+    checks = run_suite("trials", trials, trials_specs(stimuli), ("subject", "trial"))
+    return _stimuli_gate(data_dir, out_dir, stimuli, params, counts, checks)
+
+
+def check_finite(tb: TrialBetas) -> None:
+    """Read the betas block by block; any NaN or inf raises, naming the rows."""
+    for start, block in tb.row_chunks():
+        bad = ~np.isfinite(block)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad.any(axis=1))[0])
+            raise DataError(
+                f"'{tb.path}' holds {int(bad.sum())} non-finite value(s) in rows "
+                f"{start}-{start + block.shape[0] - 1} (first at row {row}); expected only "
+                "finite values"
+            )
+
+
+def trials_specs(stimuli: pd.DataFrame) -> list[Spec]:
+    """Expectations on every subject's trial table concatenated."""
+    return [
+        ("ExpectColumnValuesToNotBeNull", {"column": "stim_id"}),
+        ("ExpectColumnValuesToNotBeNull", {"column": "session"}),
+        (
+            "ExpectColumnValuesToBeInSet",
+            {"column": "stim_id", "value_set": sorted(stimuli["stim_id"].tolist())},
+        ),
+        ("ExpectCompoundColumnsToBeUnique", {"column_list": ["subject", "trial"]}),
+    ]
+
+
+def _raise_structural(
+    out_dir: Path, data_dir: Path, counts: dict[str, int], problems: list[str]
+) -> None:
+    _write_report(out_dir, data_dir, counts, problems, [])
+    raise DataError(
+        f"dataset '{data_dir}' has {len(problems)} structural problem(s):\n  "
+        + "\n  ".join(problems)
+    )
+
+
+def _stimuli_gate(
+    data_dir: Path,
+    out_dir: Path,
+    stimuli: pd.DataFrame,
+    params: ValidateRawParams,
+    counts: dict[str, int],
+    checks: list[Check],
+) -> dict[str, float]:
+    """Add the ``stimuli.tsv`` suite to ``checks``, write the reports, raise on a failure."""
     table = _stimuli_table(data_dir, stimuli, params)
     checks += run_suite("stimuli", table, stimuli_specs(data_dir, table), ("stim_id",))
     failed = [c for c in checks if not c.success]
