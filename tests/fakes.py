@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -25,6 +26,8 @@ from diffusers import (
 )
 from diffusers.models.controlnets.controlnet_sparsectrl import SparseControlNetModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -190,6 +193,18 @@ TINY_MODELS = {
         "gif_clips": 2,
     },
 }
+
+
+def write_params(project: Path, data_dir: Path, **sections) -> Path:
+    """``project/params.yaml``: the repository's, tiny profile and models, ``data_dir``."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"].update(profile="tiny", data_dir=str(data_dir), artifacts_dir="artifacts")
+    for name, values in {**TINY_MODELS, **sections}.items():
+        params[name].update(values)
+    path = project / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
 
 # ------------------------------------------------------------------------------------------------
 # A tiny AnimateDiff v3 + SparseCtrl RGB (the real video model's classes, random weights)

@@ -13,22 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from fakes import TINY_MODELS, tiny_animatediff_components, write_tiny_animatediff
+from fakes import tiny_animatediff_components, write_params, write_tiny_animatediff
 from mindpipe.cli import main
 from mindpipe.stages import STAGES
 from mindpipe.tracking import dataset_hash
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_params(project: Path, data_dir: Path, **sections) -> Path:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["base"].update(profile="tiny", data_dir=str(data_dir), artifacts_dir="artifacts")
-    for name, values in {**TINY_MODELS, **sections}.items():
-        params[name].update(values)
-    path = project / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")
