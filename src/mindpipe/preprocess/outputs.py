@@ -8,6 +8,7 @@ The GLM route (:mod:`mindpipe.preprocess.stage`) and the pre-estimated route
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,20 @@ import pandas as pd
 from scipy import sparse
 
 from mindpipe.exceptions import DataError
+from mindpipe.io import bids
 from mindpipe.validate.betas import SUMMARY_COLUMNS, check_betas_summary
 
 logger = logging.getLogger(__name__)
+
+
+def start_outputs(data_dir: Path, out_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read and check ``stimuli.tsv``, find the subjects, copy the table into ``out_dir``."""
+    stimuli = bids.read_stimuli(data_dir)
+    bids.check_stimuli(stimuli, data_dir / "stimuli" / "stimuli.tsv")
+    subjects = bids.discover_subjects(data_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data_dir / "stimuli" / "stimuli.tsv", out_dir / "stimuli.tsv")
+    return stimuli, subjects
 
 
 def save_split(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from mindpipe.preprocess.outputs import (
     no_reliable_voxel,
     publish,
     save_split,
+    start_outputs,
     subject_metrics,
 )
 from mindpipe.preprocess.voxels import SessionZScorer, VoxelSelector
@@ -129,12 +129,8 @@ def preprocess_dataset(data_dir: Path, out_dir: Path, params: PreprocessParams) 
     """
     start = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    stimuli = bids.read_stimuli(data_dir)
-    bids.check_stimuli(stimuli, data_dir / "stimuli" / "stimuli.tsv")
+    stimuli, subjects = start_outputs(data_dir, out_dir)
     split_of = dict(zip(stimuli["stim_id"].tolist(), stimuli["split"].tolist(), strict=True))
-    subjects = bids.discover_subjects(data_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(data_dir / "stimuli" / "stimuli.tsv", out_dir / "stimuli.tsv")
 
     rows: list[dict] = []
     metrics: dict[str, float] = {}

@@ -17,7 +17,6 @@ The output is ``artifacts/preprocess/`` of docs/data-format.md with its summary 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from mindpipe.exceptions import DataError
-from mindpipe.io import bids
 from mindpipe.io.trials import NpyRowWriter, TrialBetas, open_trial_betas
 from mindpipe.preprocess.outputs import (
     average_repeats,
@@ -33,6 +31,7 @@ from mindpipe.preprocess.outputs import (
     no_reliable_voxel,
     publish,
     save_split,
+    start_outputs,
     subject_metrics,
 )
 from mindpipe.preprocess.voxels import (
@@ -66,12 +65,8 @@ def preprocess_trials(data_dir: Path, out_dir: Path, params) -> dict[str, float]
     """
     start = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    stimuli = bids.read_stimuli(data_dir)
-    bids.check_stimuli(stimuli, data_dir / "stimuli" / "stimuli.tsv")
+    stimuli, subjects = start_outputs(data_dir, out_dir)
     split_of = dict(zip(stimuli["stim_id"].tolist(), stimuli["split"].tolist(), strict=True))
-    subjects = bids.discover_subjects(data_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(data_dir / "stimuli" / "stimuli.tsv", out_dir / "stimuli.tsv")
     rows: list[dict] = []
     metrics: dict[str, float] = {}
     reliability: dict[str, tuple[np.ndarray, np.ndarray]] = {}

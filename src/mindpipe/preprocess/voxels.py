@@ -125,6 +125,18 @@ def select_reliable(snr: np.ndarray, min_ncsnr: float | None, n_voxels: int | No
     return keep
 
 
+def _rows_and_sessions(X: np.ndarray, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` as float64 (n_trials, n_voxels) and ``sessions`` (n_trials,), shapes checked."""
+    X = np.asarray(X, dtype=np.float64)
+    sessions = np.asarray(sessions)
+    if X.ndim != 2 or sessions.shape != (X.shape[0],):
+        raise ValueError(
+            f"expected X (n_trials, n_voxels) and sessions (n_trials,); "
+            f"got {X.shape} and {sessions.shape}"
+        )
+    return X, sessions
+
+
 class SessionZScorer(TransformerMixin, BaseEstimator):
     """Z-score each voxel within each session (mean 0, sd 1 over the session's trials).
 
@@ -147,13 +159,7 @@ class SessionZScorer(TransformerMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: None = None, *, sessions: np.ndarray) -> SessionZScorer:
         """Learn each session's voxel mean and sd from ``X`` (n_trials, n_voxels)."""
-        X = np.asarray(X, dtype=np.float64)
-        sessions = np.asarray(sessions)
-        if X.ndim != 2 or sessions.shape != (X.shape[0],):
-            raise ValueError(
-                f"expected X (n_trials, n_voxels) and sessions (n_trials,); "
-                f"got {X.shape} and {sessions.shape}"
-            )
+        X, sessions = _rows_and_sessions(X, sessions)
         self.__dict__.pop("_sums", None)  # a fresh fit forgets partial_fit's blocks
         labels = np.unique(sessions)
         mean = np.empty((labels.size, X.shape[1]))
@@ -179,13 +185,7 @@ class SessionZScorer(TransformerMixin, BaseEstimator):
         and sums of squares: ``fit``'s values up to rounding). A session in which a voxel has
         zero variance is reported by :meth:`transform`.
         """
-        X = np.asarray(X, dtype=np.float64)
-        sessions = np.asarray(sessions)
-        if X.ndim != 2 or sessions.shape != (X.shape[0],):
-            raise ValueError(
-                f"expected X (n_trials, n_voxels) and sessions (n_trials,); "
-                f"got {X.shape} and {sessions.shape}"
-            )
+        X, sessions = _rows_and_sessions(X, sessions)
         stats = self.__dict__.setdefault("_sums", {})
         for label in np.unique(sessions):
             rows = X[sessions == label]
