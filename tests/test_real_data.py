@@ -91,6 +91,8 @@ def test_nsd_mindeye2_release_through_the_dag(tmp_path: Path, capsys) -> None:
     assert main(["data", "import"]) == 0
     assert main(["data", "import"]) == 1  # data/ exists: never replaced silently
     assert "pass --force" in capsys.readouterr().err
+    assert main(["data", "check", "data"]) == 0  # the converted folder: the validate_raw gate
+    assert "# validate_raw: PASSED" in capsys.readouterr().out
     _run(DECODING)
     metrics = _check_decoding_outputs()
     assert "litemind.zero_shot_top1" not in metrics  # no held-out categories in NSD

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -161,7 +162,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """``data check``: the ``validate_raw`` gate on any folder, its report printed, not kept.
+    """``data check``: a real release's inspection (``base.dataset`` nsd, god, cc2017, bids),
+    or the ``validate_raw`` gate on a folder in the internal layout (the twin, or a converted
+    dataset), its report printed, not kept. ``data import``: see :func:`_import_data`.
     ``data pull``: one dataset version from a DVC remote."""
     import tempfile
 
@@ -176,9 +179,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.data_command == "import":
         return _import_data(args)
+    from mindpipe.io.trials import recorded_dataset
+
     base = _base(args.params)
     kind = args.dataset or base.dataset
-    if kind != "twin":
+    converted = args.path is not None and recorded_dataset(args.path) == kind
+    if kind != "twin" and not converted:  # the release, as downloaded
         from mindpipe.io.adapters import check_source
 
         report = check_source(kind, args.path or base.source.dir, base.source)
@@ -192,9 +198,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     raw = _raw_params(args.params).get("validate_raw")
     params = parse_section(ValidateRawParams, raw, "validate_raw")
     data_dir = Path(args.path or base.data_dir)
+    gate_base = dataclasses.replace(base, dataset=kind)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            validate_raw(data_dir=data_dir, out_dir=Path(tmp), params=params, base=base)
+            validate_raw(data_dir=data_dir, out_dir=Path(tmp), params=params, base=gate_base)
             failure = None
         except MindpipeError as exc:
             failure = exc
