@@ -21,6 +21,7 @@ chunks go straight into a memory-mapped ``.npy``, so memory is bounded by a chun
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import re
@@ -122,16 +123,13 @@ def inspect(source: Path, params: SourceParams) -> Inspection:
     design = report.attempt(lambda: _load_design(source / EXPDESIGN)) if route == "nifti" else None
     subjects = []
     for name in names:
-        number = int(name[4:])
         if route == "mindeye2":
-            sub = report.attempt(lambda n=name, k=number: _inspect_mindeye(source, n, k))
+            check = functools.partial(_inspect_mindeye, source, name, int(name[4:]))
         elif design is not None:
-            sub = report.attempt(
-                lambda n=name, k=number: _inspect_nifti(source, n, k, design, params)
-            )
+            check = functools.partial(_inspect_nifti, source, name, int(name[4:]), design, params)
         else:
-            sub = None
-        if sub is not None:
+            continue
+        if (sub := report.attempt(check)) is not None:
             subjects.append(sub)
     trials = pd.concat(
         [s.trials.assign(subject=s.label) for s in subjects] or [pd.DataFrame()], ignore_index=True
