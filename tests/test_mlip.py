@@ -36,10 +36,38 @@ def pixels(n: int = 3) -> torch.Tensor:
 def test_token_merging_removes_the_requested_share_of_tokens(ratio):
     cfg = tiny(merge_ratio=ratio)
     torch.manual_seed(0)
-    pooled, tokens = build_mlip(cfg).encode_image(pixels())
+    pooled, tokens, _ = build_mlip(cfg).encode_image_views(pixels())
     assert pooled.shape == (3, cfg.embed_dim)
     assert tokens.shape == (3, round(cfg.grid**2 * (1 - ratio)), cfg.embed_dim)
     assert sum(cfg.tokens_removed()) == round(ratio * cfg.grid**2)
+
+
+def test_encode_image_unmerges_tokens_into_grid_order():
+    torch.manual_seed(0)
+    model = build_mlip(tiny(merge_ratio=0.5)).eval()
+    with torch.no_grad():
+        pooled, merged, _ = model.encode_image_views(pixels())
+        same_pooled, grid = model.encode_image(pixels())
+    torch.testing.assert_close(pooled, same_pooled)
+    assert grid.shape == (3, model.config.grid**2, model.config.embed_dim)
+    for image in range(3):  # every patch holds one of the image's merged tokens...
+        distance = (grid[image][:, None] - merged[image][None]).abs().amax(dim=-1)
+        assert bool((distance.min(dim=1).values == 0).all())
+        # ...and every merged token stands for at least one patch
+        assert len(torch.unique(distance.argmin(dim=1))) == merged.shape[1]
+    plain = build_mlip(tiny()).eval()
+    with torch.no_grad():
+        unmerged, tokens = plain.encode_image(pixels())[1], plain.encode_image_views(pixels())[1]
+    torch.testing.assert_close(unmerged, tokens)
+
+
+def test_conv_stem_keeps_the_patch_grid():
+    torch.manual_seed(0)
+    model = build_mlip(tiny(stem="conv"))
+    _, tokens = model.encode_image(pixels())
+    assert tokens.shape == (3, model.config.grid**2, model.config.embed_dim)
+    with pytest.raises(ValueError, match="stem must be"):
+        tiny(stem="resnet")
 
 
 def test_frequency_view_gives_its_own_embedding_and_plain_clip_has_none():

@@ -50,6 +50,8 @@ class MLIPEncoder:
                 "encoder": self.name,
                 "weights": hash_file(model_dir / "model.safetensors"),
                 "config": json.loads((model_dir / "config.json").read_text()),
+                # tokens are unmerged into grid order; caches from merged-order tokens are stale
+                "tokens": "grid",
             }
         )
 

@@ -13,6 +13,15 @@ MLIP (ICML 2024, no public code; shared/notes section 4) changes CLIP in three w
   tokens carry a size that biases attention (ToMe's proportional attention). ``merge_ratio`` is
   the fraction of patch tokens removed in total, spread over the merge points.
 
+Merging reorders tokens image by image, so ``encode_image`` "unmerges" its output (ToMe's trick
+for dense tasks): every grid patch gets the final token it was merged into, and token ``i`` is
+always patch ``i`` in row-major order. Downstream targets (flattened tokens for brain decoders)
+need that fixed layout; the training losses use the merged tokens.
+
+The patch embedding is ViT's strided convolution (``stem: patch``) or a small convolutional stem
+(``stem: conv``: stride-2 3x3 convolutions down to the patch grid, "early convolutions help
+transformers see better", Xiao et al. 2021), which lets a small model on little data see shape.
+
 Plain CLIP is the same class with ``frequency_view=False`` and ``merge_ratio=0``. Blocks and the
 text tower are open_clip's. Configs are JSON files in ``models/configs/`` (``mlip-tiny``...).
 """
@@ -20,6 +29,7 @@ text tower are open_clip's. Configs are JSON files in ``models/configs/`` (``mli
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -56,12 +66,17 @@ class MLIPConfig:
     merge_ratio: float = 0.0
     merge_after: tuple[int, ...] = (1, 2)
     importance_mix: float = 0.5  # weight of the class-token similarity vs high-frequency energy
+    stem: str = "patch"  # "patch" (one strided conv) or "conv" (stride-2 3x3 convs, see above)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size")
         if not 0.0 <= self.merge_ratio < 1.0:
             raise ValueError(f"merge_ratio must be in [0, 1), got {self.merge_ratio}")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"stem 'conv' needs a power-of-two patch_size, got {self.patch_size}")
         if any(not 0 <= k < self.layers for k in self.merge_after):
             raise ValueError(
                 f"merge_after {self.merge_after} must index blocks 0..{self.layers - 1}"
@@ -146,7 +161,7 @@ class MLIP(nn.Module):
     def __init__(self, config: MLIPConfig) -> None:
         super().__init__()
         self.config = cfg = config
-        self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size, bias=False)
+        self.patch_embed = _patch_embedding(cfg)
         scale = cfg.width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(cfg.width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid**2 + 1, cfg.width))
@@ -174,15 +189,22 @@ class MLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, tokens, _ = self.encode_image_views(pixels)
-        return pooled, tokens
+        """Pooled ``(B, D)`` and grid-ordered patch tokens ``(B, grid**2, D)`` (unmerged)."""
+        pooled, tokens, _, source = self._encode_image(pixels)
+        return pooled, tokens.gather(1, source[..., None].expand(-1, -1, tokens.shape[-1]))
 
     def encode_image_views(
         self, pixels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Spatial pooled + tokens, and the frequency view's (pooled, tokens) when enabled."""
+        """Spatial pooled + (merged) tokens, and the frequency view's (pooled, tokens)."""
+        pooled, tokens, frequency, _ = self._encode_image(pixels)
+        return pooled, tokens, frequency
+
+    def _encode_image(self, pixels: torch.Tensor):
+        """The views above plus ``source (B, grid**2)``: the final token of every grid patch."""
         cfg = self.config
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, g*g, C)
+        source = torch.arange(x.shape[1], device=x.device).expand(len(x), -1)
         cls = self.class_embedding.expand(len(x), 1, -1)
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding)
         size = torch.ones(x.shape[:2], device=x.device)  # how many patches each token holds
@@ -194,10 +216,11 @@ class MLIP(nn.Module):
                 frequency, high_energy = self._frequency_view(x)
             if removals.get(k):
                 energy = high_energy if high_energy is not None else x[:, 1:].norm(dim=-1)
-                x, size, high_energy = self._merge(x, size, energy, removals[k])
+                x, size, high_energy, new_index = self._merge(x, size, energy, removals[k])
+                source = new_index.gather(1, source)
         x = self.ln_post(x)
         tokens = self.image_projection(x)
-        return tokens[:, 0], tokens[:, 1:], frequency
+        return tokens[:, 0], tokens[:, 1:], frequency, source
 
     def _frequency_view(
         self, x: torch.Tensor
@@ -216,8 +239,11 @@ class MLIP(nn.Module):
 
     def _merge(
         self, x: torch.Tensor, size: torch.Tensor, energy: torch.Tensor, r: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Merge the ``r`` least important patch tokens into their most similar kept token."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Merge the ``r`` least important patch tokens into their most similar kept token.
+
+        Also returns ``new_index (B, n_patch_tokens)``: where each input patch token went.
+        """
         cls, patches = x[:, :1], x[:, 1:]
         mix = self.config.importance_mix
         unit = nn.functional.normalize(patches, dim=-1)
@@ -240,7 +266,10 @@ class MLIP(nn.Module):
         merged = weighted / new_size[..., None]
         x = torch.cat([cls, merged], dim=1)
         size = torch.cat([size[:, :1], new_size], dim=1)
-        return x, size, energy.gather(1, keep)
+        new_index = torch.empty_like(order)
+        new_index.scatter_(1, keep, torch.arange(keep.shape[1], device=x.device).expand_as(keep))
+        new_index.scatter_(1, drop, target)
+        return x, size, energy.gather(1, keep), new_index
 
     def _size_bias(self, size: torch.Tensor) -> torch.Tensor | None:
         """Proportional attention: a token standing for s patches gets log(s) more logit."""
@@ -252,6 +281,19 @@ class MLIP(nn.Module):
     def encode_text(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, tokens = self.text(token_ids)
         return pooled, tokens @ self.text.text_projection
+
+
+def _patch_embedding(cfg: MLIPConfig) -> nn.Module:
+    """Pixels ``(B, 3, S, S)`` -> ``(B, width, grid, grid)``."""
+    if cfg.stem == "patch":
+        return nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size, bias=False)
+    n_down = cfg.patch_size.bit_length() - 1
+    channels = [3] + [max(cfg.width // 2 ** (n_down - i), 8) for i in range(1, n_down + 1)]
+    layers: list[nn.Module] = []
+    for c_in, c_out in itertools.pairwise(channels):
+        layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.GroupNorm(4, c_out), nn.GELU()]
+    layers.append(nn.Conv2d(channels[-1], cfg.width, 1, bias=False))
+    return nn.Sequential(*layers)
 
 
 def _rank01(score: torch.Tensor) -> torch.Tensor:
