@@ -69,3 +69,43 @@ def token_alignment_loss(
         i2t, t2i = token_similarity(image_tokens[part], text_tokens[part], text_mask[part])
         losses.append((logits_loss(scale * i2t, False) + logits_loss(scale * t2i.T, False)) / 2)
     return torch.stack(losses).mean()
+
+
+def mixco_nce(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    scale: float,
+    beta: torch.Tensor,
+    partner: torch.Tensor,
+) -> torch.Tensor:
+    """MindEye's BiMixCo: InfoNCE with soft labels for inputs mixed with a partner sample.
+
+    Sample ``i`` was made as ``beta[i] * x[i] + (1 - beta[i]) * x[partner[i]]`` (unmixed
+    samples have ``beta = 1``, ``partner = i``), so its label puts ``beta[i]`` on target ``i``
+    and the rest on target ``partner[i]``. Both directions, averaged.
+    """
+    pred = nn.functional.normalize(pred.flatten(1), dim=-1)
+    target = nn.functional.normalize(target.flatten(1), dim=-1)
+    logits = scale * pred @ target.T
+    rows = torch.arange(len(pred), device=pred.device)
+    labels = torch.zeros_like(logits)
+    labels[rows, rows] = beta
+    labels[rows, partner] += 1 - beta
+    forward = -(logits.log_softmax(dim=1) * labels).sum(1).mean()
+    backward = -(logits.T.log_softmax(dim=1) * labels.T).sum(1).mean()
+    return (forward + backward) / 2
+
+
+def soft_clip(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
+    """MindEye's SoftCLIP: the labels are the targets' own similarity distribution.
+
+    Near-duplicate targets (the twin's images that differ in one attribute) then share the
+    label mass instead of being pushed apart as hard negatives. Both directions, averaged.
+    """
+    pred = nn.functional.normalize(pred.flatten(1), dim=-1)
+    target = nn.functional.normalize(target.flatten(1), dim=-1)
+    labels = (scale * target @ target.T).softmax(dim=1)
+    logits = scale * pred @ target.T
+    forward = -(logits.log_softmax(dim=1) * labels).sum(1).mean()
+    backward = -(logits.T.log_softmax(dim=1) * labels).sum(1).mean()
+    return (forward + backward) / 2

@@ -1,9 +1,13 @@
 """Train an fMRI -> CLIP model contrastively, keeping the epoch that retrieves best on validation.
 
 The loop every brain decoder shares (Lite-Mind, its MindEye MLP baseline, the multi-subject
-models): mini-batches of (voxels, target embedding) pairs, an InfoNCE loss between the decoded
+models): mini-batches of (voxels, target embedding) pairs, a contrastive loss between the decoded
 and true embeddings, AdamW with a cosine schedule, and checkpoint selection on the validation
 split's top-1 retrieval (the papers' code selects on the test split; see shared/notes).
+
+Losses (``TrainConfig.loss``): ``info_nce``, Lite-Mind's (one direction unless ``symmetric``), or
+``mixco_softclip``, MindEye's: BiMixCo on voxels mixed with a partner for the first
+``mixco_fraction`` of the epochs (a data augmentation that small datasets need), then SoftCLIP.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from torch import nn
 
 from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
 from mindpipe.exceptions import ParamsError
-from mindpipe.models.losses import info_nce
+from mindpipe.models.losses import info_nce, mixco_nce, soft_clip
 
 logger = logging.getLogger(__name__)
+
+
+LOSSES = ("info_nce", "mixco_softclip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +39,22 @@ class TrainConfig:
     weight_decay: float = 0.1
     logit_scale: float = 20.0  # fixed inverse temperature of the InfoNCE loss
     symmetric: bool = False  # Lite-Mind's loss is one-directional (images classify brains)
+    loss: str = "info_nce"  # or "mixco_softclip" (MindEye: BiMixCo, then SoftCLIP)
+    mixco_fraction: float = 0.33  # share of the epochs trained with BiMixCo (MindEye: 1/3)
+    mixco_beta: float = 0.15  # Beta(a, a) of the mixing coefficients (MindEye: 0.15)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.logit_scale <= 0:
             raise ParamsError(
                 "training needs epochs >= 1, batch_size >= 2, lr > 0 and logit_scale > 0; "
                 f"got {self.epochs}, {self.batch_size}, {self.lr}, {self.logit_scale}"
+            )
+        if self.loss not in LOSSES:
+            raise ParamsError(f"'loss' must be one of {list(LOSSES)}; got {self.loss!r}")
+        if not 0.0 <= self.mixco_fraction <= 1.0 or self.mixco_beta <= 0:
+            raise ParamsError(
+                "'mixco_fraction' must be in [0, 1] and 'mixco_beta' > 0; "
+                f"got {self.mixco_fraction}, {self.mixco_beta}"
             )
 
 
@@ -76,6 +93,24 @@ def val_top1(model: nn.Module, voxels: np.ndarray, target: np.ndarray, device) -
     return retrieval_top1(similarity, batch_size=len(target), repeats=1)["brain_to_image"]
 
 
+def mix_voxels(
+    voxels: torch.Tensor, alpha: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MindEye's MixCo input: half the batch mixed with a random partner, Beta(a, a) weights.
+
+    Returns the mixed voxels, ``beta (B,)`` (1 for unmixed rows) and ``partner (B,)``.
+    """
+    n = len(voxels)
+    partner = torch.randperm(n, generator=generator).to(voxels.device)
+    mixed_rows = torch.rand(n, generator=generator).to(voxels.device) < 0.5
+    rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
+    draws = torch.from_numpy(rng.beta(alpha, alpha, n)).to(voxels)
+    beta = torch.where(mixed_rows, draws, torch.ones_like(draws))
+    partner = torch.where(mixed_rows, partner, torch.arange(n, device=voxels.device))
+    out = beta[:, None] * voxels + (1 - beta[:, None]) * voxels[partner]
+    return out, beta, partner
+
+
 def fit_contrastive(
     model: nn.Module,
     train: tuple[np.ndarray, np.ndarray],
@@ -98,13 +133,20 @@ def fit_contrastive(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs * steps_per_epoch)
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     history = []
+    mixco_epochs = round(config.mixco_fraction * config.epochs)
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(len(x), generator=generator)
         for step in range(steps_per_epoch):
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            pred = model(x[idx].to(device))
-            loss = info_nce(pred, y[idx].to(device), config.logit_scale, config.symmetric)
+            voxels, target = x[idx].to(device), y[idx].to(device)
+            if config.loss == "info_nce":
+                loss = info_nce(model(voxels), target, config.logit_scale, config.symmetric)
+            elif epoch < mixco_epochs:
+                mixed, beta, partner = mix_voxels(voxels, config.mixco_beta, generator)
+                loss = mixco_nce(model(mixed), target, config.logit_scale, beta, partner)
+            else:
+                loss = soft_clip(model(voxels), target, config.logit_scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
