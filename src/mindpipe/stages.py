@@ -159,10 +159,16 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="reconstruct",
         description="unCLIP-style diffusers generator trained on the train images' CLIP "
-        "embeddings; reconstructs test images from fMRI-decoded embeddings (PixCorr, SSIM).",
+        "embeddings; reconstructs test images from fMRI-decoded embeddings, starting from a "
+        "blurry low-level decode of the betas (PixCorr, SSIM).",
         func="mindpipe.recipes.reconstruct:reconstruct",
         params_cls="mindpipe.recipes.reconstruct:ReconstructParams",
-        inputs={"data_dir": DATA, "features_dir": "features", "decoder_dir": "litemind"},
+        inputs={
+            "data_dir": DATA,
+            "betas_dir": "preprocess",
+            "features_dir": "features",
+            "decoder_dir": "litemind",
+        },
         code=("models", "recipes"),
         plots=("plots/grid.png",),
         resources=Resources(cpu="4", memory="16Gi", gpu=1),

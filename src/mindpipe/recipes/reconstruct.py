@@ -7,6 +7,12 @@ decoder would give). PixCorr and SSIM are scored against the stimuli and against
 control (each reconstruction paired with the next test stimulus), so "looks like the stimulus"
 is measured against "looks like a twin image in general".
 
+As MindEye2 does, sampling can start from a blurry low-level reconstruction decoded from fMRI:
+a ridge map from each subject's betas to the stimulus at ``image_size`` (penalty chosen on the
+validation split's PixCorr), noised to ``blurry_strength`` of the DDIM steps (img2img), so the
+layout comes from the retinotopic signal and the generator fills in what the embedding says.
+The blurry images are saved and scored as a source of their own (``recon/blurry/``).
+
 Training and sampling run at ``image_size`` (default 16 px for the 64 px default twin, so a
 CPU-only run stays within a few minutes); reconstructions are upsampled bilinearly to the
 stimulus size before scoring and saving.
@@ -21,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -29,13 +36,17 @@ from mindpipe.evaluate.predictions import find_decoders, load_predictions
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.features.store import FeatureStore
 from mindpipe.io import read_stimuli
+from mindpipe.io.betas import SubjectBetas, load_betas
 from mindpipe.io.images import load_images
+from mindpipe.models.baselines import ridge_path
 from mindpipe.models.unclip import UnCLIPGenerator, config_for, save_generator
 from mindpipe.params import BaseParams
 from mindpipe.recipes.contrastive import resolve_device
 from mindpipe.utils import progress
 
 logger = logging.getLogger(__name__)
+
+BLURRY = "blurry"  # the low-level decode's own source folder and metrics prefix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +61,22 @@ class ReconstructParams:
     lr: float = 3e-3
     ema_decay: float = 0.99
     sample_steps: int = 10
+    blurry_strength: float = 0.7  # img2img start from the low-level decode (1: pure noise)
+    blurry_alphas: tuple[float, ...] = (1e2, 1e3, 1e4, 1e5)  # its ridge penalties (val PixCorr)
     grid_images: int = 8
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.blurry_strength <= 1.0:
+            raise ParamsError(
+                f"'blurry_strength' must be in (0, 1]; got {self.blurry_strength} "
+                "(reconstruct.blurry_strength)"
+            )
+        if not self.blurry_alphas or min(self.blurry_alphas) <= 0:
+            raise ParamsError(
+                f"'blurry_alphas' must be positive numbers; got {self.blurry_alphas} "
+                "(reconstruct.blurry_alphas)"
+            )
 
 
 def to_unit_range(images: np.ndarray, size: int) -> torch.Tensor:
@@ -129,15 +154,66 @@ def generate(
     params: ReconstructParams,
     out_size: int,
     seed: int,
+    blurry: torch.Tensor | None = None,
     batch: int = 256,
 ) -> np.ndarray:
-    """uint8 ``(N, out_size, out_size, 3)`` reconstructions, deterministic given ``seed``."""
+    """uint8 ``(N, out_size, out_size, 3)`` reconstructions, deterministic given ``seed``.
+
+    ``blurry`` ``(N, 3, s, s)`` in [-1, 1] starts the sampler from those images noised to
+    ``params.blurry_strength`` (img2img); without it sampling starts from noise.
+    """
     device = next(model.parameters()).device
     chunks = [
-        model.sample(embeddings[i : i + batch].to(device), params.sample_steps, seed + i)
+        model.sample(
+            embeddings[i : i + batch].to(device),
+            params.sample_steps,
+            seed + i,
+            blurry=None if blurry is None else blurry[i : i + batch],
+            strength=params.blurry_strength,
+        )
         for i in range(0, len(embeddings), batch)
     ]
     return to_uint8(torch.cat(chunks), out_size)
+
+
+def fit_blurry_decoder(
+    sb: SubjectBetas, thumbnails: dict[int, torch.Tensor], alphas: tuple[float, ...]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Ridge from betas to the stimulus thumbnail; the penalty with the best val PixCorr.
+
+    Returns the test split's blurry images ``(n_test, 3, s, s)`` in [-1, 1] (rows in
+    ``sb.stim["test"]`` order) and ``{"alpha", "val_pixcorr"}``.
+    """
+
+    def pixels(split: str) -> np.ndarray:
+        return torch.stack([thumbnails[int(i)] for i in sb.stim[split]]).flatten(1).numpy()
+
+    shape = next(iter(thumbnails.values())).shape
+    x = np.asarray(sb.betas["train"], dtype=np.float64)
+    solutions = ridge_path(x, pixels("train"), alphas)
+    val_truth = unit_images(pixels("val"), shape)
+    scores = [
+        pixcorr(unit_images(sb.betas["val"] @ w + b, shape), val_truth, shape[-1])
+        for w, b in solutions
+    ]
+    best = int(np.argmax(scores))
+    w, b = solutions[best]
+    test = torch.as_tensor(sb.betas["test"] @ w + b, dtype=torch.float32).view(-1, *shape)
+    return test.clamp(-1, 1), {"alpha": alphas[best], "val_pixcorr": scores[best]}
+
+
+def stimulus_thumbnails(
+    images: np.ndarray, stimuli: pd.DataFrame, size: int
+) -> dict[int, torch.Tensor]:
+    """``{stim_id: (3, size, size) image in [-1, 1]}``: the blurry decoder's targets."""
+    ids = stimuli["stim_id"].astype(int)
+    return dict(zip(ids, to_unit_range(images, size), strict=True))
+
+
+def unit_images(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Flattened ``(N, 3*s*s)`` images in [-1, 1] -> ``(N, s, s, 3)`` in [0, 1] for the metrics."""
+    x = np.clip((np.asarray(flat).reshape(-1, *shape) + 1.0) / 2.0, 0.0, 1.0)
+    return x.transpose(0, 2, 3, 1)
 
 
 def score(recon: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -190,6 +266,7 @@ def decoded_embeddings(decoder_dir: Path, decoder: str) -> dict[str, dict[str, n
 def reconstruct(
     *,
     data_dir: Path,
+    betas_dir: Path,
     features_dir: Path,
     decoder_dir: Path,
     out_dir: Path,
@@ -219,6 +296,8 @@ def reconstruct(
 
     recon_dir = out_dir / "recon"
     (recon_dir / params.decoder).mkdir(parents=True)
+    (recon_dir / BLURRY).mkdir()
+    thumbnails = stimulus_thumbnails(load_images(data_dir, stimuli), stimuli, params.image_size)
     ids = np.asarray(next(iter(preds.values()))["stim_id"])  # the first subject's test order
     truth = load_images(data_dir, test.loc[ids])
     ceiling = generate(model, unit_rows(store.image_pooled(ids)), params, size, base.seed)
@@ -228,18 +307,36 @@ def reconstruct(
     first_recon = None
     per_subject = []
     for subject, arrays in progress(preds.items(), desc="reconstruct subjects"):
+        sb = load_betas(betas_dir, subject)
         sub_ids = np.asarray(arrays["stim_id"])
-        recon = generate(model, unit_rows(arrays["embedding"]), params, size, base.seed)
-        np.savez(recon_dir / params.decoder / f"{subject}.npz", stim_id=sub_ids, images=recon)
-        scores = score(recon, load_images(data_dir, test.loc[sub_ids]))
-        per_subject.append(scores)
-        metrics |= {f"{params.decoder}.{subject}.{k}": v for k, v in scores.items()}
-        first_recon = recon if first_recon is None else first_recon
-    for key in per_subject[0]:
-        metrics[f"{params.decoder}.{key}"] = float(np.mean([s[key] for s in per_subject]))
+        if not np.array_equal(sub_ids, sb.stim["test"]):
+            raise DataError(
+                f"{params.decoder} predictions of {subject} are not in the test order of "
+                f"'{betas_dir}/{subject}': rerun the litemind stage on these betas"
+            )
+        sub_truth = load_images(data_dir, test.loc[sub_ids])
+        blurry, fit = fit_blurry_decoder(sb, thumbnails, params.blurry_alphas)
+        blurry_images = to_uint8(blurry, size)
+        recon = generate(
+            model, unit_rows(arrays["embedding"]), params, size, base.seed, blurry=blurry
+        )
+        for source, images in ((params.decoder, recon), (BLURRY, blurry_images)):
+            np.savez(recon_dir / source / f"{subject}.npz", stim_id=sub_ids, images=images)
+            scores = score(images, sub_truth)
+            per_subject.append((source, scores))
+            metrics |= {f"{source}.{subject}.{k}": v for k, v in scores.items()}
+        metrics |= {f"{BLURRY}.{subject}.{k}": v for k, v in fit.items()}
+        first_recon = (recon, blurry_images) if first_recon is None else first_recon
+    for source in (params.decoder, BLURRY):
+        rows = [s for name, s in per_subject if name == source]
+        for key in rows[0]:
+            metrics[f"{source}.{key}"] = float(np.mean([r[key] for r in rows]))
 
     k = min(params.grid_images, len(ids))
-    write_grid(out_dir / "plots" / "grid.png", [truth[:k], ceiling[:k], first_recon[:k]])
+    recon, blurry_images = first_recon
+    write_grid(
+        out_dir / "plots" / "grid.png", [truth[:k], ceiling[:k], blurry_images[:k], recon[:k]]
+    )
     logger.info(
         "reconstruct: PixCorr ceiling %.3f (shuffled %.3f), %s %.3f; SSIM ceiling %.3f "
         "(shuffled %.3f), %s %.3f",
