@@ -111,6 +111,26 @@ def test_nsd_nifti_route_converts(tmp_path: Path) -> None:
     assert set(stimuli.loc[stimuli["split"] == "test", "source_id"]) == shared
 
 
+def test_nsd_nifti_session_gap_keeps_the_design_order(tmp_path: Path) -> None:
+    """Session NN's trials are masterordering[(NN - 1) * n : NN * n], even with one missing."""
+    source = miniature.write_nsd_nifti(tmp_path / "nsd", n_sessions=3, trials_per_session=36)
+    folder = source / "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+    (folder / "betas_session02.nii.gz").unlink()
+    _import("nsd", source, tmp_path / "data")
+    tb = open_trial_betas(tmp_path / "data", "sub-01")
+    assert tb.shape[0] == 72 and list(tb.session[35:37]) == ["ses-01", "ses-03"]
+    design = scipy.io.loadmat(source / "nsddata/experiments/nsd/nsd_expdesign.mat")
+    order = design["masterordering"].ravel().astype(int)
+    nsd_id = _stimuli(tmp_path / "data").set_index("stim_id").loc[tb.stim, "source_id"]
+    expected = np.concatenate([order[:36], order[72:108]]) - 1  # subjectim is the identity here
+    np.testing.assert_array_equal(nsd_id.to_numpy(), expected)
+    path = folder / "betas_session03.nii.gz"
+    short = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(short.dataobj)[..., :30], short.affine), path)
+    problems = check_source("nsd", source, SOURCE).inspection.problems
+    assert any("same number" in p and "'betas_session03.nii.gz': 30" in p for p in problems)
+
+
 def test_nsd_wrong_layout_names_both_layouts(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "betas.h5").write_bytes(b"")

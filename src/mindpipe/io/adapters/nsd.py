@@ -286,6 +286,12 @@ def _inspect_nifti(
     )
     if not sessions:
         raise DataError(f"{name}: no betas sessions: expected '{folder}/betas_session01.nii.gz'")
+    numbers = [s for s, _ in sessions]
+    if numbers[0] < 1 or len(set(numbers)) < len(numbers):
+        raise DataError(
+            f"{name}: expected one 'betas_sessionNN.nii.gz' per session NN >= 1 in '{folder}'; "
+            f"found {[p.name for _, p in sessions]}"
+        )
     counts = []
     for _, path in sessions:
         img = _nifti(path, "NSD betas session")
@@ -297,19 +303,28 @@ def _inspect_nifti(
         if not np.allclose(img.affine, roi.affine, atol=1e-3):
             raise DataError(f"'{path}' and the ROI '{roi_path}' have different affines")
         counts.append(int(img.shape[3]))
-    order, subjectim = design["masterordering"], design["subjectim"]
-    if number > subjectim.shape[0] or sum(counts) > order.size:
+    if len(set(counts)) > 1:
+        found = {p.name: c for (_, p), c in zip(sessions, counts, strict=True)}
         raise DataError(
-            f"{name}: {sum(counts)} trials in {len(counts)} sessions but '{EXPDESIGN}' orders "
-            f"{order.size} trials for {subjectim.shape[0]} subjects"
+            f"{name}: every session of '{folder}' must hold the same number of trials (NSD: "
+            f"{TRIALS_PER_SESSION}); found {found}"
         )
-    index = np.arange(sum(counts))
+    # masterordering is indexed by the trial's place in the whole experiment: session NN's
+    # trials are (NN - 1) * n ... NN * n - 1, whichever sessions are present
+    n = counts[0]
+    index = np.concatenate([(s - 1) * n + np.arange(n) for s in numbers])
+    order, subjectim = design["masterordering"], design["subjectim"]
+    if number > subjectim.shape[0] or index[-1] >= order.size:
+        raise DataError(
+            f"{name}: sessions up to {numbers[-1]} of {n} trials need {index[-1] + 1} trials "
+            f"but '{EXPDESIGN}' orders {order.size} trials for {subjectim.shape[0]} subjects"
+        )
     nsd_id = subjectim[number - 1, order[index] - 1] - 1
     shared = set((design["sharedix"] - 1).tolist())
     trials = pd.DataFrame(
         {
-            "row": index,
-            "session": np.repeat([s for s, _ in sessions], counts),
+            "row": np.arange(index.size),
+            "session": np.repeat(numbers, counts),
             "nsd_id": nsd_id,
             "split": ["test" if i in shared else "train" for i in nsd_id.tolist()],
         }
