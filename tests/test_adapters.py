@@ -208,6 +208,21 @@ def test_god_converts_with_held_out_categories(god: Path, tmp_path: Path) -> Non
     assert roi["n_samples"] == metrics["n_samples"]
 
 
+def test_god_categories_sharing_a_synset_name_stay_apart(god: Path, tmp_path: Path) -> None:
+    """Two wnids named alike (ImageNet's two 'crane's) must stay two categories."""
+    lines = (god / "synset_words.txt").read_text().splitlines()
+    held_out = lines[6].split()[0]  # the first test category
+    lines[6] = f"{held_out} thing0, crane"  # named like the first training category
+    (god / "synset_words.txt").write_text("\n".join(lines) + "\n")
+    _import("god", god, tmp_path / "data")
+    stimuli = _stimuli(tmp_path / "data")
+    test = stimuli[stimuli["split"] == "test"]
+    assert not set(test["category"]) & set(stimuli.loc[stimuli["split"] != "test", "category"])
+    assert f"thing0 ({held_out})" in set(test["category"])
+    categories = pd.read_csv(tmp_path / "data/stimuli/categories.tsv", sep="\t")
+    assert len(categories) == 9 and categories["held_out"].sum() == 3
+
+
 def test_god_missing_metadata_key(god: Path, tmp_path: Path) -> None:
     with h5py.File(god / "Subject1.h5", "a") as handle:
         keys = [k.decode() for k in handle["metadata/key"][()]]

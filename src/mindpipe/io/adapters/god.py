@@ -229,6 +229,18 @@ def _synset_names(source: Path) -> dict[str, str]:
     return {}
 
 
+def _category_names(wnids: list[str], synsets: dict[str, str]) -> list[str]:
+    """Each stimulus's category name; a name two categories share gets its WordNet id.
+
+    Synset lists repeat first names (``crane`` the bird and the machine): merged, a held-out
+    category would swallow a seen one (and ``categories.tsv`` would flag both held out).
+    """
+    name_of = {w: synsets.get(w, w) for w in set(wnids)}
+    shared = pd.Series(name_of).value_counts()
+    shared = set(shared.index[shared > 1])
+    return [f"{name_of[w]} ({w})" if name_of[w] in shared else name_of[w] for w in wnids]
+
+
 def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) -> dict[str, float]:
     """Write the stimuli (150 seen + 50 held-out categories) and every subject's samples."""
     plan: _Plan = report.plan
@@ -239,7 +251,7 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
     test = first.loc[first["split"] == "test", "source_id"].to_numpy()
     val = carve_validation(np.setdiff1d(ids, test), params.val_fraction, seed, "images")
     split = np.where(np.isin(ids, test), "test", np.where(np.isin(ids, val), "val", "train"))
-    names = [plan.names.get(c, c) for c in first["category"]]
+    names = _category_names(first["category"].tolist(), plan.names)
     table = stimulus_table(
         source_id=ids.tolist(),
         caption=[f"a photo of a {n}" for n in names],
