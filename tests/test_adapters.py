@@ -42,6 +42,14 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(blob[: int(len(blob) * keep)])
 
 
+def _corrupt(path: Path, at: float = 0.8, n: int = 64) -> None:
+    """Flip ``n`` bytes at fraction ``at`` of the file: a damaged (not truncated) gzip stream."""
+    blob = bytearray(path.read_bytes())
+    start = int(len(blob) * at)
+    blob[start : start + n] = bytes(b ^ 0xFF for b in blob[start : start + n])
+    path.write_bytes(bytes(blob))
+
+
 def _nothing_left(out: Path) -> None:
     assert not out.exists()
     assert not list(out.parent.glob(f".{out.name}.tmp-*")), "temporary folder left behind"
@@ -129,6 +137,20 @@ def test_nsd_nifti_session_gap_keeps_the_design_order(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.asarray(short.dataobj)[..., :30], short.affine), path)
     problems = check_source("nsd", source, SOURCE).inspection.problems
     assert any("same number" in p and "'betas_session03.nii.gz': 30" in p for p in problems)
+
+
+@pytest.mark.parametrize("n_bytes", [50, 64])  # damage read with the data / with the header
+def test_nsd_nifti_damaged_files_are_named(tmp_path: Path, n_bytes: int) -> None:
+    """A damaged .gz stream (zlib.error) and a truncated ROI are DataErrors naming the file."""
+    source = miniature.write_nsd_nifti(tmp_path / "nsd")
+    session = "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+    _corrupt(source / session / "betas_session02.nii.gz", 0.5, n_bytes)
+    with pytest.raises(DataError, match=r"betas_session02.nii.gz' \(truncated or"):
+        _import("nsd", source, tmp_path / "data")
+    _nothing_left(tmp_path / "data")
+    _truncate(source / "nsddata/ppdata/subj01/func1pt8mm/roi/nsdgeneral.nii.gz", 0.7)
+    problems = check_source("nsd", source, SOURCE).inspection.problems
+    assert any("NSD ROI" in p and "nsdgeneral.nii.gz' (truncated" in p for p in problems)
 
 
 def test_nsd_wrong_layout_names_both_layouts(tmp_path: Path) -> None:
@@ -369,6 +391,14 @@ def test_bids_errors(lab: Path) -> None:
     pd.read_csv(events, sep="\t").drop(columns="stim_file").to_csv(events, sep="\t", index=False)
     report = check_source("bids", lab, SOURCE)
     assert any("lacks required column(s) ['stim_file']" in p for p in report.inspection.problems)
+
+
+def test_bids_truncated_bold_is_named_and_leaves_nothing(lab: Path, tmp_path: Path) -> None:
+    """The header reads (inspection passes); the EPI mask's data read fails, naming the run."""
+    _truncate(lab / "sub-01/func/sub-01_task-vision_run-1_bold.nii.gz", 0.5)
+    with pytest.raises(DataError, match=r"BOLD '.*sub-01_task-vision_run-1_bold.nii.gz'.*trunc"):
+        _import("bids", lab, tmp_path / "data")
+    _nothing_left(tmp_path / "data")
 
 
 # --------------------------------------------------------------------------- params, registry

@@ -32,6 +32,7 @@ from mindpipe.exceptions import DataError
 from mindpipe.io.adapters.common import (
     CLIP_FPS,
     CLIP_FRAMES,
+    NIFTI_ERRORS,
     Adapter,
     Inspection,
     carve_validation,
@@ -198,7 +199,7 @@ def _cifti_header(path: Path) -> tuple[int, float, np.ndarray]:
     """Volumes, TR (s) and the cortical grayordinate indices of one dtseries, from its header."""
     try:
         img = nib.load(path)
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except (*NIFTI_ERRORS, nib.filebasedimages.ImageFileError) as exc:
         raise DataError(f"cannot read CIFTI '{path}' (truncated or not CIFTI-2): {exc}") from exc
     if not isinstance(img, nib.Cifti2Image) or len(img.shape) != 2:
         raise DataError(f"'{path}' must be a CIFTI-2 dense time series; got {type(img).__name__}")
@@ -294,7 +295,7 @@ def _write_subject(
         n = clips[run.segment]
         try:
             data = np.asarray(nib.load(run.path, mmap=False).dataobj, dtype=np.float32)
-        except (OSError, EOFError, ValueError) as exc:
+        except NIFTI_ERRORS as exc:
             raise DataError(
                 f"cannot read the data of '{run.path}' (truncated file?): {exc}"
             ) from exc

@@ -12,11 +12,13 @@ import dataclasses
 import logging
 import os
 import shutil
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -41,6 +43,8 @@ ATTRIBUTE_PLACEHOLDERS = {
     "y": 0.0,
 }
 CLIP_FRAMES, CLIP_FPS = 16, 8  # the video stages' clips: 2 s at 8 FPS (docs/data-format.md)
+#: What nibabel raises on a truncated or corrupt file (zlib.error: a damaged .gz stream).
+NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error)
 
 
 @dataclasses.dataclass
@@ -151,6 +155,26 @@ def read_rows(data: h5py.Dataset, start: int, stop: int, what: str) -> np.ndarra
         raise DataError(
             f"cannot read rows {start}:{stop} of '{data.name}' ({what}) in "
             f"'{data.file.filename}' (truncated file?): {exc}"
+        ) from exc
+
+
+def load_nifti(path: Path, what: str) -> nib.Nifti1Image:
+    """The image's header and data proxy (no data read); missing or unreadable: a DataError."""
+    require_file(path, what)
+    try:
+        return nib.load(path)
+    except (*NIFTI_ERRORS, nib.filebasedimages.ImageFileError) as exc:
+        raise DataError(f"cannot read {what} '{path}' (truncated or not NIfTI): {exc}") from exc
+
+
+def nifti_data(img: nib.Nifti1Image, what: str, index: Any = ...) -> np.ndarray:
+    """``img.dataobj[index]``; a truncated or corrupt file raises a DataError naming it."""
+    try:
+        return np.asanyarray(img.dataobj[index])
+    except NIFTI_ERRORS as exc:
+        raise DataError(
+            f"cannot read the data of {what} '{img.get_filename()}' (truncated or corrupt "
+            f"file?): {exc}"
         ) from exc
 
 

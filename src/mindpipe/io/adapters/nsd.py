@@ -28,7 +28,6 @@ import re
 import tarfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import scipy.io
@@ -39,6 +38,8 @@ from mindpipe.io.adapters.common import (
     Inspection,
     carve_validation,
     h5_dataset,
+    load_nifti,
+    nifti_data,
     open_h5,
     read_rows,
     release_subjects,
@@ -274,10 +275,10 @@ def _inspect_nifti(
     source: Path, name: str, number: int, design: dict[str, np.ndarray], params: SourceParams
 ) -> _Subject:
     roi_path = source / ROI_FILE.format(subject=name, roi=params.roi or "nsdgeneral")
-    roi = _nifti(roi_path, "NSD ROI")
+    roi = load_nifti(roi_path, "NSD ROI")
     if roi.ndim != 3:
         raise DataError(f"NSD ROI '{roi_path}' must be 3-D; got shape {roi.shape}")
-    mask = np.asarray(roi.dataobj) > 0
+    mask = nifti_data(roi, "NSD ROI") > 0
     if not mask.any():
         raise DataError(f"NSD ROI '{roi_path}' selects no voxel (no value > 0)")
     folder = source / NIFTI_DIR.format(subject=name)
@@ -294,7 +295,7 @@ def _inspect_nifti(
         )
     counts = []
     for _, path in sessions:
-        img = _nifti(path, "NSD betas session")
+        img = load_nifti(path, "NSD betas session")
         if img.ndim != 4 or img.shape[:3] != mask.shape:
             raise DataError(
                 f"'{path}' has shape {img.shape}; expected (X, Y, Z, trials) on the grid "
@@ -338,14 +339,6 @@ def _inspect_nifti(
         mask=mask,
         affine=roi.affine,
     )
-
-
-def _nifti(path: Path, what: str) -> nib.Nifti1Image:
-    require_file(path, what)
-    try:
-        return nib.load(path)
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise DataError(f"cannot read {what} '{path}' (truncated or not NIfTI): {exc}") from exc
 
 
 # --------------------------------------------------------------------------- conversion
@@ -426,17 +419,12 @@ def _stream_nifti(sub: _Subject, stim: np.ndarray, writer: TrialBetasWriter) -> 
     """Session by session, ``CHUNK_ROWS`` volumes at a time: mask, unscale, append."""
     done = 0
     for path in progress(sub.sessions, f"nsd: {sub.name} sessions"):
-        img = nib.load(path)
+        img = load_nifti(path, "NSD betas session")
         n = int(img.shape[3])
         label = f"ses-{int(_SESSION.match(path.name)[1]):02d}"
         for t0 in range(0, n, CHUNK_ROWS):
             t1 = min(t0 + CHUNK_ROWS, n)
-            try:
-                block = np.asanyarray(img.dataobj[..., t0:t1])
-            except (OSError, EOFError, ValueError) as exc:
-                raise DataError(
-                    f"cannot read volumes {t0}:{t1} of '{path}' (truncated file?): {exc}"
-                ) from exc
+            block = nifti_data(img, f"NSD betas session (volumes {t0}:{t1})", (..., slice(t0, t1)))
             rows = block[sub.mask].T.astype(np.float32) / NIFTI_SCALE
             writer.write(rows, stim[done + t0 : done + t1], label)
         done += n
