@@ -28,7 +28,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from mindpipe.exceptions import DataError
 from mindpipe.io.adapters.common import (
@@ -39,6 +38,7 @@ from mindpipe.io.adapters.common import (
     link_or_copy,
     load_nifti,
     nifti_data,
+    open_image,
     release_subjects,
     stimulus_table,
     write_description,
@@ -234,7 +234,8 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
         category=first["trial_type"].tolist(),
         split=split.tolist(),
     )
-    images = (_image(report.source / "stimuli" / f) for f in files)
+    what = "stimulus (named in an events file)"
+    images = (open_image(report.source / "stimuli" / f, what) for f in files)
     write_stimuli(out_dir, table, images, params.image_size)
     stim_of = {f: k for k, f in enumerate(files)}
     internal_file = dict(zip(files, table["file"], strict=True))
@@ -251,14 +252,6 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
         "n_runs": float(sum(len(r) for r in plan.runs.values())),
         "n_stimuli": float(files.size),
     }
-
-
-def _image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read stimulus '{path}' (named in an events file): {exc}") from exc
 
 
 def _write_mask(source: Path, subject: str, run: _Run, func: Path, roi: str | None) -> None:

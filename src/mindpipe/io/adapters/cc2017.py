@@ -26,7 +26,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from mindpipe.exceptions import DataError
 from mindpipe.io.adapters.common import (
@@ -37,8 +36,8 @@ from mindpipe.io.adapters.common import (
     Inspection,
     carve_validation,
     link_or_copy,
+    open_image,
     release_subjects,
-    require_file,
     stimulus_table,
     subject_label,
     write_clips,
@@ -262,19 +261,11 @@ def _frames(source: Path, ids: list[str], keyframe: bool = False):
     for clip in ids:
         segment, t = clip.split("/")
         first = int(t) * FRAMES_PER_CLIP
+        folder = source / FRAMES_DIR / segment
         frames = [
-            _read_frame(source / FRAMES_DIR / segment / f"im-{first + k + 1}.jpg") for k in picks
+            np.asarray(open_image(folder / f"im-{first + k + 1}.jpg", "movie frame")) for k in picks
         ]
         yield frames[0] if keyframe else np.stack(frames)
-
-
-def _read_frame(path: Path) -> np.ndarray:
-    require_file(path, "movie frame")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read movie frame '{path}': {exc}") from exc
 
 
 def detrend(x: np.ndarray, order: int = DETREND_ORDER) -> np.ndarray:

@@ -21,7 +21,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mindpipe import __version__
 from mindpipe.exceptions import DataError
@@ -227,6 +227,16 @@ def select_subjects(found: dict[str, Path], wanted: tuple[str, ...], where: Path
 
 
 # --------------------------------------------------------------------------- stimuli
+
+
+def open_image(path: Path, what: str) -> Image.Image:
+    """The image at ``path`` as RGB; a missing or unreadable file raises a DataError naming it."""
+    require_file(path, what)
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read {what} '{path}': {exc}") from exc
 
 
 def square_rgb(image: np.ndarray | Image.Image, size: int) -> np.ndarray:

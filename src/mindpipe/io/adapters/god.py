@@ -34,6 +34,7 @@ from mindpipe.io.adapters.common import (
     carve_validation,
     h5_dataset,
     open_h5,
+    open_image,
     read_rows,
     release_subjects,
     stimulus_table,
@@ -260,7 +261,7 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
         held_out=(split == "test").astype(int).tolist(),
     )
     images = (plan.images[i] for i in ids)
-    write_stimuli(out_dir, table, (_open_image(p) for p in images), params.image_size)
+    write_stimuli(out_dir, table, (open_image(p, "GOD image") for p in images), params.image_size)
     stim_of = {i: k for k, i in enumerate(ids)}
     for sub in progress(plan.subjects, desc="god: subjects"):
         _write_subject(out_dir, sub, stim_of)
@@ -271,16 +272,6 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
         "n_samples": float(len(samples)),
         "n_test_images": float(test.size),
     }
-
-
-def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read GOD image '{path}': {exc}") from exc
 
 
 def _write_subject(out_dir: Path, sub: _Subject, stim_of: dict[str, int]) -> None:
