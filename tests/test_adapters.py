@@ -153,6 +153,16 @@ def test_nsd_nifti_damaged_files_are_named(tmp_path: Path, n_bytes: int) -> None
     assert any("NSD ROI" in p and "nsdgeneral.nii.gz' (truncated" in p for p in problems)
 
 
+def test_nsd_subject_selection(nsd: Path, tmp_path: Path) -> None:
+    """A subject asked for twice is converted once; one not in the release is named."""
+    _import("nsd", nsd, tmp_path / "data", subjects=("subj01", "subj01"))
+    assert open_trial_betas(tmp_path / "data", "sub-01").shape == (90, 40)
+    report = check_source("nsd", nsd, SourceParams(subjects=("subj01", "subj09")))
+    assert report.inspection.problems == [
+        f"base.source.subjects names ['subj09'], not found in '{nsd}'; found ['subj01']"
+    ]
+
+
 def test_nsd_wrong_layout_names_both_layouts(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "betas.h5").write_bytes(b"")

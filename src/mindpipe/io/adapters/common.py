@@ -195,8 +195,9 @@ def subject_label(number: int) -> str:
 def release_subjects(
     report: Inspection, found: dict[str, Path], wanted: tuple[str, ...], expected: str
 ) -> list[str]:
-    """The subjects to convert; none found (or a requested one absent) is a problem line.
+    """The release's subjects to convert (``base.source.subjects``, or all found), sorted.
 
+    None found, or a requested one absent, is a problem line (and no subject is returned);
     ``expected`` describes the files that would have been found, for the message.
     """
     if not found:
@@ -205,25 +206,14 @@ def release_subjects(
             f"{listing(report.source)}"
         )
         return []
-    return report.attempt(lambda: select_subjects(found, wanted, report.source)) or []
-
-
-def select_subjects(found: dict[str, Path], wanted: tuple[str, ...], where: Path) -> list[str]:
-    """The release's subject names to convert (``base.source.subjects``, or all found).
-
-    Raises
-    ------
-    DataError
-        None found, or a requested subject absent (listing those found).
-    """
-    if not found:
-        raise DataError(f"no subjects found in '{where}'")
     missing = sorted(set(wanted) - set(found))
     if missing:
-        raise DataError(
-            f"base.source.subjects names {missing}, not found in '{where}'; found {sorted(found)}"
+        report.problems.append(
+            f"base.source.subjects names {missing}, not found in '{report.source}'; "
+            f"found {sorted(found)}"
         )
-    return sorted(wanted) if wanted else sorted(found)
+        return []
+    return sorted(set(wanted or found))
 
 
 # --------------------------------------------------------------------------- stimuli
