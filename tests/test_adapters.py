@@ -258,11 +258,22 @@ def test_god_categories_sharing_a_synset_name_stay_apart(god: Path, tmp_path: Pa
 def test_god_missing_metadata_key(god: Path, tmp_path: Path) -> None:
     with h5py.File(god / "Subject1.h5", "a") as handle:
         keys = [k.decode() for k in handle["metadata/key"][()]]
-        keys[keys.index("Label")] = "Labels"
+        keys[keys.index("stimulus_id")] = "stimulus"
         del handle["metadata/key"]
         handle["metadata/key"] = np.array(keys, dtype="S")
-    with pytest.raises(DataError, match=r"expected metadata key 'Label' in '.*Subject1.h5'"):
+    with pytest.raises(
+        DataError,
+        match=r"expected metadata key 'stimulus_id' \(older files: 'Label'\) in '.*Subject1.h5'",
+    ):
         _import("god", god, tmp_path / "data")
+
+
+def test_god_older_files_name_the_stimulus_label(tmp_path: Path) -> None:
+    """BrainDecoderToolbox2-era files call the stimulus column 'Label': same conversion."""
+    current = _import("god", miniature.write_god(tmp_path / "h5"), tmp_path / "a")
+    older = miniature.write_god(tmp_path / "old", stimulus_key="Label")
+    assert _import("god", older, tmp_path / "b") | {"seconds": 0} == current | {"seconds": 0}
+    pd.testing.assert_frame_equal(_stimuli(tmp_path / "a"), _stimuli(tmp_path / "b"))
 
 
 def test_god_metadata_columns_disagree_with_the_dataset(god: Path) -> None:

@@ -3,7 +3,9 @@
 The release's ``SubjectN.h5`` files are bdpy ``BData``: a 2-D ``dataset`` (samples x columns)
 and a ``metadata`` group whose ``key``/``description``/``value`` rows flag columns (value 1):
 the voxel columns (``VoxelData``, ``ROI_V1`` ... ``ROI_VC``) and one column each for
-``DataType`` (1 training, 2 test perception, 3 test imagery), ``Run`` and ``Label``. A label
+``DataType`` (1 training, 2 test perception, 3 test imagery), ``Run`` and the stimulus:
+``stimulus_id`` in the HDF5 release, ``Label`` in the older BrainDecoderToolbox2 files (both
+are read). A stimulus id
 ``<category>.<image>`` (e.g. 1518878.005958) names ImageNet image ``n01518878_5958``; its
 integer part is the category, so the 1,200 training images fall in 150 categories and the 50
 test images in 50 others, never trained on (zero-shot). Older files name the groups
@@ -53,7 +55,10 @@ DATA_TYPES = {1: "train", 2: "test"}  # 3: imagery, not converted
 IMAGE_DIRS = {"train": "images/training", "test": "images/test"}
 IMAGE_SUFFIXES = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png")
 SYNSET_FILES = ("synset_words.txt", "LOC_synset_mapping.txt")
-LABEL_KEYS = ("DataType", "Run", "Label")
+LABEL_KEYS = ("DataType", "Run")
+#: The stimulus column: 'stimulus_id' in the HDF5 release (KamitaniLab/GenericObjectDecoding's
+#: demo reads it since "use the latest data files"), 'Label' in the older files.
+STIMULUS_KEYS = ("stimulus_id", "Label")
 CHUNK_ROWS = 512
 _SUBJECT = re.compile(r"^Subject(\d+)\.h5$")
 
@@ -157,8 +162,14 @@ def _inspect_subject(path: Path, name: str, roi: str) -> _Subject:
         voxels = _columns(keys, value, roi, path)
         if voxels.size == 0:
             raise DataError(f"'{path}': ROI key '{roi}' flags no column (base.source.roi)")
+        stimulus = next((k for k in STIMULUS_KEYS if k in keys), None)
+        if stimulus is None:
+            raise DataError(
+                f"expected metadata key '{STIMULUS_KEYS[0]}' (older files: '{STIMULUS_KEYS[1]}') "
+                f"in '{path}', found {keys[:20]}"
+            )
         cols = {}
-        for key in LABEL_KEYS:
+        for key in (*LABEL_KEYS, stimulus):
             flagged = _columns(keys, value, key, path)
             if flagged.size != 1:
                 raise DataError(
@@ -175,7 +186,7 @@ def _inspect_subject(path: Path, name: str, roi: str) -> _Subject:
     by_key = {k: table[:, order.index(c)] for k, c in cols.items()}
     data_type = by_key["DataType"].astype(np.int64)
     keep = np.isin(data_type, list(DATA_TYPES))
-    label = by_key["Label"][keep]
+    label = by_key[stimulus][keep]
     category = np.floor(label).astype(np.int64)
     image = np.round((label - category) * 1e6).astype(np.int64)
     samples = pd.DataFrame(
