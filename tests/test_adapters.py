@@ -163,6 +163,23 @@ def test_nsd_subject_selection(nsd: Path, tmp_path: Path) -> None:
     ]
 
 
+def test_nsd_nifti_betas_must_be_raw_int16(tmp_path: Path) -> None:
+    """Dividing by 300 is right only for unscaled int16: a header scale or floats are named."""
+    source = miniature.write_nsd_nifti(tmp_path / "nsd")
+    path = source / "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+    path = path / "betas_session02.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    scaled = nib.Nifti1Image(data, img.affine)
+    scaled.header.set_slope_inter(1 / 300, 0)
+    nib.save(scaled, path)
+    problems = check_source("nsd", source, SOURCE).inspection.problems
+    assert any("session02.nii.gz' holds int16 values (scl_slope 0.00333" in p for p in problems)
+    nib.save(nib.Nifti1Image(data / 300.0, img.affine), path)
+    problems = check_source("nsd", source, SOURCE).inspection.problems
+    assert any("holds float64 values" in p and "expected NSD's int16" in p for p in problems)
+
+
 def test_nsd_wrong_layout_names_both_layouts(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "betas.h5").write_bytes(b"")

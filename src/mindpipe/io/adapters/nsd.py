@@ -303,6 +303,7 @@ def _inspect_nifti(
             )
         if not np.allclose(img.affine, roi.affine, atol=1e-3):
             raise DataError(f"'{path}' and the ROI '{roi_path}' have different affines")
+        _check_units(img, path)
         counts.append(int(img.shape[3]))
     if len(set(counts)) > 1:
         found = {p.name: c for (_, p), c in zip(sessions, counts, strict=True)}
@@ -339,6 +340,20 @@ def _inspect_nifti(
         mask=mask,
         affine=roi.affine,
     )
+
+
+def _check_units(img, path: Path) -> None:
+    """The conversion divides by 300: the values must be NSD's raw int16, unscaled by the header.
+
+    A header scale (``scl_slope``/``scl_inter``) would be applied by nibabel first (and give
+    float64 blocks), a float file is already in other units: dividing either by 300 is wrong.
+    """
+    dtype, slope, inter = img.get_data_dtype(), img.dataobj.slope, img.dataobj.inter
+    if dtype != np.int16 or (slope, inter) != (1.0, 0.0):
+        raise DataError(
+            f"'{path}' holds {dtype} values (scl_slope {slope:g}, scl_inter {inter:g}); expected "
+            f"NSD's int16 betas (% signal change x {NIFTI_SCALE:g}) with no header scale"
+        )
 
 
 # --------------------------------------------------------------------------- conversion
