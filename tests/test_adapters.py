@@ -358,6 +358,19 @@ def test_cc2017_converts_both_paradigms(cc2017: Path, tmp_path: Path) -> None:
     assert clips.loc[clips["split"] == "test", "source_id"].str.startswith("test").all()
 
 
+def test_cc2017_runs_in_repeat_order_and_odd_names(tmp_path: Path) -> None:
+    """test1_10 comes after test1_9 (not after test1_1); a run without a repeat is named."""
+    source = miniature.write_cc2017(tmp_path / "cc", n_test_segments=1, test_repeats=10)
+    _import("cc2017", source, tmp_path / "data")
+    tb = open_trial_betas(tmp_path / "data", "sub-01")
+    test = [s for s in dict.fromkeys(tb.session) if s.startswith("test1")]
+    assert test == [f"test1-rep-{r:02d}" for r in range(1, 11)]
+    folder = source / "subject1/fmri/seg1/cifti"
+    (folder / "seg1_1_Atlas.dtseries.nii").rename(folder / "seg1_1b_Atlas.dtseries.nii")
+    problems = check_source("cc2017", source, SOURCE).inspection.problems
+    assert any("['seg1_1b_Atlas.dtseries.nii']" in p and "seg1_<repeat>" in p for p in problems)
+
+
 def test_cc2017_vertex_mismatch_and_bad_volume_count(cc2017: Path) -> None:
     path = cc2017 / "subject1/fmri/seg2/cifti/seg2_1_Atlas.dtseries.nii"
     img = nib.load(path, mmap=False)  # the file is rewritten below

@@ -140,13 +140,13 @@ def _inspect_subject(source: Path, name: str, clips: dict[str, int], rows: list)
     for segment in segments:
         n_clips = clips.get(segment) or _count_clips(source, segment)
         clips[segment] = n_clips
-        files = sorted((fmri / segment / "cifti").glob(f"{segment}_*_Atlas.dtseries.nii"))
+        files = _run_files(fmri / segment / "cifti", segment)
         if not files:
             raise DataError(
                 f"{name}: no runs of {segment}: expected '{fmri / segment / 'cifti'}/"
                 f"{segment}_1_Atlas.dtseries.nii'"
             )
-        for path in files:
+        for rep, path in files:
             n_vols, tr, kept = _cifti_header(path)
             if cortex is not None and kept.size != cortex.size:
                 raise DataError(
@@ -155,7 +155,6 @@ def _inspect_subject(source: Path, name: str, clips: dict[str, int], rows: list)
                 )
             cortex = kept
             extra = n_vols - n_clips
-            rep = int(_RUN.match(path.name)["rep"])
             split = "test" if segment.startswith("test") else "train"
             rows.append(
                 dict(
@@ -177,6 +176,29 @@ def _inspect_subject(source: Path, name: str, clips: dict[str, int], rows: list)
                 )
             runs.append(_Run(segment, rep, path, extra - TRIM_END))
     return _Subject(name, subject_label(int(_SUBJECT.match(name)[1])), runs, cortex)
+
+
+def _run_files(folder: Path, segment: str) -> list[tuple[int, Path]]:
+    """``(repeat, file)`` of every ``<segment>_<rep>_Atlas.dtseries.nii``, in repeat order.
+
+    Raises
+    ------
+    DataError
+        A file that matches ``<segment>_*_Atlas.dtseries.nii`` without a numeric repeat.
+    """
+    runs, odd = [], []
+    for path in folder.glob(f"{segment}_*_Atlas.dtseries.nii"):
+        match = _RUN.match(path.name)
+        if match and match["segment"] == segment:
+            runs.append((int(match["rep"]), path))
+        else:
+            odd.append(path.name)
+    if odd:
+        raise DataError(
+            f"'{folder}' holds {sorted(odd)}: expected runs named "
+            f"'{segment}_<repeat>_Atlas.dtseries.nii' (repeat 1, 2, ...)"
+        )
+    return sorted(runs)
 
 
 def _count_clips(source: Path, segment: str) -> int:
