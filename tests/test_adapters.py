@@ -466,6 +466,16 @@ def test_params_select_the_dataset_and_name_bad_keys() -> None:
         parse_section(BaseParams, {"source": {"val_fraction": 1.5}}, "base")
 
 
+def test_adapter_routes_agree_with_the_stages() -> None:
+    """preprocess/validate_raw route by BETAS_DATASETS; each adapter declares its route."""
+    from mindpipe.io.trials import BETAS_DATASETS
+
+    kinds = ("nsd", "god", "cc2017", "bids")
+    betas = {k for k in kinds if get_adapter(k).route == "betas"}
+    assert betas == set(BETAS_DATASETS)
+    assert {get_adapter(k).route for k in kinds} == {"betas", "bold"}
+
+
 def test_unknown_kind_and_missing_source() -> None:
     with pytest.raises(ParamsError, match="supported: bids, cc2017, god, nsd"):
         get_adapter("hcp")
