@@ -9,6 +9,8 @@ and what was found, leaving no output behind.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -94,6 +96,36 @@ def test_nsd_streams_in_chunks(nsd: Path, tmp_path: Path, monkeypatch) -> None:
     a = open_trial_betas(tmp_path / "whole", "sub-01")
     b = open_trial_betas(tmp_path / "chunked", "sub-01")
     np.testing.assert_array_equal(a.rows(slice(None)), b.rows(slice(None)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_nsd_failing_conversion_holds_no_file_open(nsd: Path, tmp_path: Path, monkeypatch) -> None:
+    """A read failing half-way leaves no handle on the partial betas file (nor the folder)."""
+    from mindpipe.io.adapters import nsd as nsd_adapter
+
+    calls = []
+
+    def failing(data, start, stop, what):
+        calls.append(what)
+        if calls.count("betas") > 1:
+            raise DataError(f"cannot read rows {start}:{stop} (truncated file?)")
+        return data[start:stop]
+
+    open_at_cleanup = []
+    rmtree = shutil.rmtree
+
+    def recording_rmtree(path, *args, **kwargs):  # what is open when atomic_dir cleans up
+        fds = [f for f in Path("/proc/self/fd").iterdir() if f.is_symlink()]
+        open_at_cleanup.extend(os.readlink(f) for f in fds if os.path.exists(f))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(nsd_adapter, "CHUNK_ROWS", 16)
+    monkeypatch.setattr(nsd_adapter, "read_rows", failing)
+    monkeypatch.setattr(shutil, "rmtree", recording_rmtree)
+    with pytest.raises(DataError, match="truncated"):
+        _import("nsd", nsd, tmp_path / "data")
+    _nothing_left(tmp_path / "data")
+    assert open_at_cleanup and not [f for f in open_at_cleanup if "sub-01_betas.npy" in f]
 
 
 def test_nsd_nifti_route_converts(tmp_path: Path) -> None:
