@@ -9,6 +9,8 @@ and what was found, leaving no output behind.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -40,6 +42,14 @@ def _stimuli(data: Path) -> pd.DataFrame:
 def _truncate(path: Path, keep: float = 0.5) -> None:
     blob = path.read_bytes()
     path.write_bytes(blob[: int(len(blob) * keep)])
+
+
+def _corrupt(path: Path, at: float = 0.8, n: int = 64) -> None:
+    """Flip ``n`` bytes at fraction ``at`` of the file: a damaged (not truncated) gzip stream."""
+    blob = bytearray(path.read_bytes())
+    start = int(len(blob) * at)
+    blob[start : start + n] = bytes(b ^ 0xFF for b in blob[start : start + n])
+    path.write_bytes(bytes(blob))
 
 
 def _nothing_left(out: Path) -> None:
@@ -88,6 +98,36 @@ def test_nsd_streams_in_chunks(nsd: Path, tmp_path: Path, monkeypatch) -> None:
     np.testing.assert_array_equal(a.rows(slice(None)), b.rows(slice(None)))
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_nsd_failing_conversion_holds_no_file_open(nsd: Path, tmp_path: Path, monkeypatch) -> None:
+    """A read failing half-way leaves no handle on the partial betas file (nor the folder)."""
+    from mindpipe.io.adapters import nsd as nsd_adapter
+
+    calls = []
+
+    def failing(data, start, stop, what):
+        calls.append(what)
+        if calls.count("betas") > 1:
+            raise DataError(f"cannot read rows {start}:{stop} (truncated file?)")
+        return data[start:stop]
+
+    open_at_cleanup = []
+    rmtree = shutil.rmtree
+
+    def recording_rmtree(path, *args, **kwargs):  # what is open when atomic_dir cleans up
+        fds = [f for f in Path("/proc/self/fd").iterdir() if f.is_symlink()]
+        open_at_cleanup.extend(os.readlink(f) for f in fds if os.path.exists(f))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(nsd_adapter, "CHUNK_ROWS", 16)
+    monkeypatch.setattr(nsd_adapter, "read_rows", failing)
+    monkeypatch.setattr(shutil, "rmtree", recording_rmtree)
+    with pytest.raises(DataError, match="truncated"):
+        _import("nsd", nsd, tmp_path / "data")
+    _nothing_left(tmp_path / "data")
+    assert open_at_cleanup and not [f for f in open_at_cleanup if "sub-01_betas.npy" in f]
+
+
 def test_nsd_nifti_route_converts(tmp_path: Path) -> None:
     source = miniature.write_nsd_nifti(tmp_path / "nsd", n_sessions=2, trials_per_session=36)
     _import("nsd", source, tmp_path / "data")
@@ -109,6 +149,67 @@ def test_nsd_nifti_route_converts(tmp_path: Path) -> None:
     design = scipy.io.loadmat(source / "nsddata/experiments/nsd/nsd_expdesign.mat")
     shared = set((design["sharedix"].ravel() - 1).tolist())
     assert set(stimuli.loc[stimuli["split"] == "test", "source_id"]) == shared
+
+
+def test_nsd_nifti_session_gap_keeps_the_design_order(tmp_path: Path) -> None:
+    """Session NN's trials are masterordering[(NN - 1) * n : NN * n], even with one missing."""
+    source = miniature.write_nsd_nifti(tmp_path / "nsd", n_sessions=3, trials_per_session=36)
+    folder = source / "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+    (folder / "betas_session02.nii.gz").unlink()
+    _import("nsd", source, tmp_path / "data")
+    tb = open_trial_betas(tmp_path / "data", "sub-01")
+    assert tb.shape[0] == 72 and list(tb.session[35:37]) == ["ses-01", "ses-03"]
+    design = scipy.io.loadmat(source / "nsddata/experiments/nsd/nsd_expdesign.mat")
+    order = design["masterordering"].ravel().astype(int)
+    nsd_id = _stimuli(tmp_path / "data").set_index("stim_id").loc[tb.stim, "source_id"]
+    expected = np.concatenate([order[:36], order[72:108]]) - 1  # subjectim is the identity here
+    np.testing.assert_array_equal(nsd_id.to_numpy(), expected)
+    path = folder / "betas_session03.nii.gz"
+    short = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(short.dataobj)[..., :30], short.affine), path)
+    problems = check_source("nsd", source, SOURCE).inspection.problems
+    assert any("same number" in p and "'betas_session03.nii.gz': 30" in p for p in problems)
+
+
+@pytest.mark.parametrize("n_bytes", [50, 64])  # damage read with the data / with the header
+def test_nsd_nifti_damaged_files_are_named(tmp_path: Path, n_bytes: int) -> None:
+    """A damaged .gz stream (zlib.error) and a truncated ROI are DataErrors naming the file."""
+    source = miniature.write_nsd_nifti(tmp_path / "nsd")
+    session = "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+    _corrupt(source / session / "betas_session02.nii.gz", 0.5, n_bytes)
+    with pytest.raises(DataError, match=r"betas_session02.nii.gz' \(truncated or"):
+        _import("nsd", source, tmp_path / "data")
+    _nothing_left(tmp_path / "data")
+    _truncate(source / "nsddata/ppdata/subj01/func1pt8mm/roi/nsdgeneral.nii.gz", 0.7)
+    problems = check_source("nsd", source, SOURCE).inspection.problems
+    assert any("NSD ROI" in p and "nsdgeneral.nii.gz' (truncated" in p for p in problems)
+
+
+def test_nsd_subject_selection(nsd: Path, tmp_path: Path) -> None:
+    """A subject asked for twice is converted once; one not in the release is named."""
+    _import("nsd", nsd, tmp_path / "data", subjects=("subj01", "subj01"))
+    assert open_trial_betas(tmp_path / "data", "sub-01").shape == (90, 40)
+    report = check_source("nsd", nsd, SourceParams(subjects=("subj01", "subj09")))
+    assert report.inspection.problems == [
+        f"base.source.subjects names ['subj09'], not found in '{nsd}'; found ['subj01']"
+    ]
+
+
+def test_nsd_nifti_betas_must_be_raw_int16(tmp_path: Path) -> None:
+    """Dividing by 300 is right only for unscaled int16: a header scale or floats are named."""
+    source = miniature.write_nsd_nifti(tmp_path / "nsd")
+    path = source / "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+    path = path / "betas_session02.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    scaled = nib.Nifti1Image(data, img.affine)
+    scaled.header.set_slope_inter(1 / 300, 0)
+    nib.save(scaled, path)
+    problems = check_source("nsd", source, SOURCE).inspection.problems
+    assert any("session02.nii.gz' holds int16 values (scl_slope 0.00333" in p for p in problems)
+    nib.save(nib.Nifti1Image(data / 300.0, img.affine), path)
+    problems = check_source("nsd", source, SOURCE).inspection.problems
+    assert any("holds float64 values" in p and "expected NSD's int16" in p for p in problems)
 
 
 def test_nsd_wrong_layout_names_both_layouts(tmp_path: Path) -> None:
@@ -188,14 +289,40 @@ def test_god_converts_with_held_out_categories(god: Path, tmp_path: Path) -> Non
     assert roi["n_samples"] == metrics["n_samples"]
 
 
+def test_god_categories_sharing_a_synset_name_stay_apart(god: Path, tmp_path: Path) -> None:
+    """Two wnids named alike (ImageNet's two 'crane's) must stay two categories."""
+    lines = (god / "synset_words.txt").read_text().splitlines()
+    held_out = lines[6].split()[0]  # the first test category
+    lines[6] = f"{held_out} thing0, crane"  # named like the first training category
+    (god / "synset_words.txt").write_text("\n".join(lines) + "\n")
+    _import("god", god, tmp_path / "data")
+    stimuli = _stimuli(tmp_path / "data")
+    test = stimuli[stimuli["split"] == "test"]
+    assert not set(test["category"]) & set(stimuli.loc[stimuli["split"] != "test", "category"])
+    assert f"thing0 ({held_out})" in set(test["category"])
+    categories = pd.read_csv(tmp_path / "data/stimuli/categories.tsv", sep="\t")
+    assert len(categories) == 9 and categories["held_out"].sum() == 3
+
+
 def test_god_missing_metadata_key(god: Path, tmp_path: Path) -> None:
     with h5py.File(god / "Subject1.h5", "a") as handle:
         keys = [k.decode() for k in handle["metadata/key"][()]]
-        keys[keys.index("Label")] = "Labels"
+        keys[keys.index("stimulus_id")] = "stimulus"
         del handle["metadata/key"]
         handle["metadata/key"] = np.array(keys, dtype="S")
-    with pytest.raises(DataError, match=r"expected metadata key 'Label' in '.*Subject1.h5'"):
+    with pytest.raises(
+        DataError,
+        match=r"expected metadata key 'stimulus_id' \(older files: 'Label'\) in '.*Subject1.h5'",
+    ):
         _import("god", god, tmp_path / "data")
+
+
+def test_god_older_files_name_the_stimulus_label(tmp_path: Path) -> None:
+    """BrainDecoderToolbox2-era files call the stimulus column 'Label': same conversion."""
+    current = _import("god", miniature.write_god(tmp_path / "h5"), tmp_path / "a")
+    older = miniature.write_god(tmp_path / "old", stimulus_key="Label")
+    assert _import("god", older, tmp_path / "b") | {"seconds": 0} == current | {"seconds": 0}
+    pd.testing.assert_frame_equal(_stimuli(tmp_path / "a"), _stimuli(tmp_path / "b"))
 
 
 def test_god_metadata_columns_disagree_with_the_dataset(god: Path) -> None:
@@ -261,6 +388,19 @@ def test_cc2017_converts_both_paradigms(cc2017: Path, tmp_path: Path) -> None:
     keyframes = _stimuli(data)
     assert (keyframes["split"] == clips["split"]).all()
     assert clips.loc[clips["split"] == "test", "source_id"].str.startswith("test").all()
+
+
+def test_cc2017_runs_in_repeat_order_and_odd_names(tmp_path: Path) -> None:
+    """test1_10 comes after test1_9 (not after test1_1); a run without a repeat is named."""
+    source = miniature.write_cc2017(tmp_path / "cc", n_test_segments=1, test_repeats=10)
+    _import("cc2017", source, tmp_path / "data")
+    tb = open_trial_betas(tmp_path / "data", "sub-01")
+    test = [s for s in dict.fromkeys(tb.session) if s.startswith("test1")]
+    assert test == [f"test1-rep-{r:02d}" for r in range(1, 11)]
+    folder = source / "subject1/fmri/seg1/cifti"
+    (folder / "seg1_1_Atlas.dtseries.nii").rename(folder / "seg1_1b_Atlas.dtseries.nii")
+    problems = check_source("cc2017", source, SOURCE).inspection.problems
+    assert any("['seg1_1b_Atlas.dtseries.nii']" in p and "seg1_<repeat>" in p for p in problems)
 
 
 def test_cc2017_vertex_mismatch_and_bad_volume_count(cc2017: Path) -> None:
@@ -336,6 +476,14 @@ def test_bids_errors(lab: Path) -> None:
     assert any("lacks required column(s) ['stim_file']" in p for p in report.inspection.problems)
 
 
+def test_bids_truncated_bold_is_named_and_leaves_nothing(lab: Path, tmp_path: Path) -> None:
+    """The header reads (inspection passes); the EPI mask's data read fails, naming the run."""
+    _truncate(lab / "sub-01/func/sub-01_task-vision_run-1_bold.nii.gz", 0.5)
+    with pytest.raises(DataError, match=r"BOLD '.*sub-01_task-vision_run-1_bold.nii.gz'.*trunc"):
+        _import("bids", lab, tmp_path / "data")
+    _nothing_left(tmp_path / "data")
+
+
 # --------------------------------------------------------------------------- params, registry
 
 
@@ -348,6 +496,16 @@ def test_params_select_the_dataset_and_name_bad_keys() -> None:
         parse_section(BaseParams, {"source": {"folder": "/x"}}, "base")
     with pytest.raises(ParamsError, match=r"base.source.val_fraction"):
         parse_section(BaseParams, {"source": {"val_fraction": 1.5}}, "base")
+
+
+def test_adapter_routes_agree_with_the_stages() -> None:
+    """preprocess/validate_raw route by BETAS_DATASETS; each adapter declares its route."""
+    from mindpipe.io.trials import BETAS_DATASETS
+
+    kinds = ("nsd", "god", "cc2017", "bids")
+    betas = {k for k in kinds if get_adapter(k).route == "betas"}
+    assert betas == set(BETAS_DATASETS)
+    assert {get_adapter(k).route for k in kinds} == {"betas", "bold"}
 
 
 def test_unknown_kind_and_missing_source() -> None:

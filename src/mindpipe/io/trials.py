@@ -234,13 +234,18 @@ class TrialBetasWriter:
 
 
 class NpyRowWriter:
-    """A float32 ``(n_rows, n_cols)`` ``.npy`` written row block by row block, in order."""
+    """A float32 ``(n_rows, n_cols)`` ``.npy`` written row block by row block, in order.
+
+    The file is opened for each block only: a conversion that fails between blocks holds no
+    handle on it, so the atomic writer's clean-up can remove the temporary folder at once
+    (an open file cannot be deleted on Windows, and would leave the folder behind).
+    """
 
     def __init__(self, path: Path, shape: tuple[int, int]) -> None:
         self.path, self.shape, self.n_written = Path(path), shape, 0
-        self._fh = self.path.open("wb")
         header = {"descr": "<f4", "fortran_order": False, "shape": shape}
-        np.lib.format.write_array_header_1_0(self._fh, header)
+        with self.path.open("wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
 
     def write(self, rows: np.ndarray) -> int:
         """Append ``rows`` (k, n_cols); return k."""
@@ -251,13 +256,13 @@ class NpyRowWriter:
                 f"{self.path}: cannot add rows of shape {rows.shape} at row {self.n_written} "
                 f"of a {self.shape} file"
             )
-        self._fh.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        with self.path.open("ab") as fh:
+            fh.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
         self.n_written += k
         return k
 
     def close(self) -> None:
-        """Close the file; every row must have been written."""
-        self._fh.close()
+        """Finish the file; every row must have been written."""
         if self.n_written != self.shape[0]:
             raise DataError(f"{self.path}: {self.n_written} of {self.shape[0]} rows were written")
 

@@ -28,16 +28,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from mindpipe.exceptions import DataError
 from mindpipe.io.adapters.common import (
+    NIFTI_ERRORS,
     Adapter,
     Inspection,
     carve_validation,
     link_or_copy,
+    load_nifti,
+    nifti_data,
+    open_image,
     release_subjects,
-    require_file,
     stimulus_table,
     write_description,
     write_stimuli,
@@ -137,7 +139,7 @@ def _inspect_subject(source: Path, subject: str, params: SourceParams) -> list[_
         key = (session, task)
         counters[key] = counters.get(key, 0) + 1
         run = int(index[1]) if index else counters[key]
-        img = _nifti(bold)
+        img = load_nifti(bold, "BOLD")
         if img.ndim != 4:
             raise DataError(f"BOLD '{bold}' must be 4-D (x, y, z, t); found shape {img.shape}")
         tr = _repetition_time(source, bold, task, img)
@@ -159,13 +161,6 @@ def _inspect_subject(source: Path, subject: str, params: SourceParams) -> list[_
     if params.roi:
         _check_mask(source / params.roi.format(subject=subject), runs[0])
     return runs
-
-
-def _nifti(path: Path) -> nib.Nifti1Image:
-    try:
-        return nib.load(path)
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise DataError(f"cannot read BOLD '{path}' (corrupt or not NIfTI): {exc}") from exc
 
 
 def _repetition_time(source: Path, bold: Path, task: str, img: nib.Nifti1Image) -> float:
@@ -214,8 +209,7 @@ def _events(bold: Path, run_length: float) -> pd.DataFrame:
 
 
 def _check_mask(path: Path, run: _Run) -> None:
-    require_file(path, "mask (base.source.roi)")
-    img = _nifti(path)
+    img = load_nifti(path, "mask (base.source.roi)")
     if img.shape != run.shape[:3] or not np.allclose(img.affine, run.affine, atol=1e-3):
         raise DataError(
             f"mask '{path}' has grid {img.shape}; expected the BOLD grid {run.shape[:3]} of "
@@ -240,7 +234,8 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
         category=first["trial_type"].tolist(),
         split=split.tolist(),
     )
-    images = (_image(report.source / "stimuli" / f) for f in files)
+    what = "stimulus (named in an events file)"
+    images = (open_image(report.source / "stimuli" / f, what) for f in files)
     write_stimuli(out_dir, table, images, params.image_size)
     stim_of = {f: k for k, f in enumerate(files)}
     internal_file = dict(zip(files, table["file"], strict=True))
@@ -259,22 +254,20 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
     }
 
 
-def _image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read stimulus '{path}' (named in an events file): {exc}") from exc
-
-
 def _write_mask(source: Path, subject: str, run: _Run, func: Path, roi: str | None) -> None:
     """The subject's mask on the BOLD grid: the given ROI, or nilearn's EPI brain mask."""
     if roi:
-        data = np.asarray(nib.load(source / roi.format(subject=subject)).dataobj) > 0
+        data = nifti_data(load_nifti(source / roi.format(subject=subject), "mask"), "mask") > 0
     else:
         from nilearn.masking import compute_epi_mask
 
-        data = np.asarray(compute_epi_mask(str(run.bold)).dataobj) > 0
+        try:
+            data = np.asarray(compute_epi_mask(str(run.bold)).dataobj) > 0
+        except NIFTI_ERRORS as exc:
+            raise DataError(
+                f"cannot read the data of BOLD '{run.bold}' for its EPI brain mask (truncated "
+                f"or corrupt file?): {exc}"
+            ) from exc
     img = nib.Nifti1Image(data.astype(np.uint8), run.affine)
     img.header.set_xyzt_units("mm")
     nib.save(img, func / f"{subject}_desc-visual_mask.nii.gz")

@@ -26,18 +26,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from mindpipe.exceptions import DataError
 from mindpipe.io.adapters.common import (
     CLIP_FPS,
     CLIP_FRAMES,
+    NIFTI_ERRORS,
     Adapter,
     Inspection,
     carve_validation,
     link_or_copy,
+    open_image,
     release_subjects,
-    require_file,
     stimulus_table,
     subject_label,
     write_clips,
@@ -140,13 +140,13 @@ def _inspect_subject(source: Path, name: str, clips: dict[str, int], rows: list)
     for segment in segments:
         n_clips = clips.get(segment) or _count_clips(source, segment)
         clips[segment] = n_clips
-        files = sorted((fmri / segment / "cifti").glob(f"{segment}_*_Atlas.dtseries.nii"))
+        files = _run_files(fmri / segment / "cifti", segment)
         if not files:
             raise DataError(
                 f"{name}: no runs of {segment}: expected '{fmri / segment / 'cifti'}/"
                 f"{segment}_1_Atlas.dtseries.nii'"
             )
-        for path in files:
+        for rep, path in files:
             n_vols, tr, kept = _cifti_header(path)
             if cortex is not None and kept.size != cortex.size:
                 raise DataError(
@@ -155,7 +155,6 @@ def _inspect_subject(source: Path, name: str, clips: dict[str, int], rows: list)
                 )
             cortex = kept
             extra = n_vols - n_clips
-            rep = int(_RUN.match(path.name)["rep"])
             split = "test" if segment.startswith("test") else "train"
             rows.append(
                 dict(
@@ -179,6 +178,29 @@ def _inspect_subject(source: Path, name: str, clips: dict[str, int], rows: list)
     return _Subject(name, subject_label(int(_SUBJECT.match(name)[1])), runs, cortex)
 
 
+def _run_files(folder: Path, segment: str) -> list[tuple[int, Path]]:
+    """``(repeat, file)`` of every ``<segment>_<rep>_Atlas.dtseries.nii``, in repeat order.
+
+    Raises
+    ------
+    DataError
+        A file that matches ``<segment>_*_Atlas.dtseries.nii`` without a numeric repeat.
+    """
+    runs, odd = [], []
+    for path in folder.glob(f"{segment}_*_Atlas.dtseries.nii"):
+        match = _RUN.match(path.name)
+        if match and match["segment"] == segment:
+            runs.append((int(match["rep"]), path))
+        else:
+            odd.append(path.name)
+    if odd:
+        raise DataError(
+            f"'{folder}' holds {sorted(odd)}: expected runs named "
+            f"'{segment}_<repeat>_Atlas.dtseries.nii' (repeat 1, 2, ...)"
+        )
+    return sorted(runs)
+
+
 def _count_clips(source: Path, segment: str) -> int:
     folder = source / FRAMES_DIR / segment
     n_frames = len(list(folder.glob("im-*.jpg"))) if folder.is_dir() else 0
@@ -198,7 +220,7 @@ def _cifti_header(path: Path) -> tuple[int, float, np.ndarray]:
     """Volumes, TR (s) and the cortical grayordinate indices of one dtseries, from its header."""
     try:
         img = nib.load(path)
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except (*NIFTI_ERRORS, nib.filebasedimages.ImageFileError) as exc:
         raise DataError(f"cannot read CIFTI '{path}' (truncated or not CIFTI-2): {exc}") from exc
     if not isinstance(img, nib.Cifti2Image) or len(img.shape) != 2:
         raise DataError(f"'{path}' must be a CIFTI-2 dense time series; got {type(img).__name__}")
@@ -261,19 +283,11 @@ def _frames(source: Path, ids: list[str], keyframe: bool = False):
     for clip in ids:
         segment, t = clip.split("/")
         first = int(t) * FRAMES_PER_CLIP
+        folder = source / FRAMES_DIR / segment
         frames = [
-            _read_frame(source / FRAMES_DIR / segment / f"im-{first + k + 1}.jpg") for k in picks
+            np.asarray(open_image(folder / f"im-{first + k + 1}.jpg", "movie frame")) for k in picks
         ]
         yield frames[0] if keyframe else np.stack(frames)
-
-
-def _read_frame(path: Path) -> np.ndarray:
-    require_file(path, "movie frame")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read movie frame '{path}': {exc}") from exc
 
 
 def detrend(x: np.ndarray, order: int = DETREND_ORDER) -> np.ndarray:
@@ -294,7 +308,7 @@ def _write_subject(
         n = clips[run.segment]
         try:
             data = np.asarray(nib.load(run.path, mmap=False).dataobj, dtype=np.float32)
-        except (OSError, EOFError, ValueError) as exc:
+        except NIFTI_ERRORS as exc:
             raise DataError(
                 f"cannot read the data of '{run.path}' (truncated file?): {exc}"
             ) from exc

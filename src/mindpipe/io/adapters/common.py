@@ -12,14 +12,16 @@ import dataclasses
 import logging
 import os
 import shutil
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mindpipe import __version__
 from mindpipe.exceptions import DataError
@@ -41,6 +43,8 @@ ATTRIBUTE_PLACEHOLDERS = {
     "y": 0.0,
 }
 CLIP_FRAMES, CLIP_FPS = 16, 8  # the video stages' clips: 2 s at 8 FPS (docs/data-format.md)
+#: What nibabel raises on a truncated or corrupt file (zlib.error: a damaged .gz stream).
+NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error)
 
 
 @dataclasses.dataclass
@@ -154,6 +158,26 @@ def read_rows(data: h5py.Dataset, start: int, stop: int, what: str) -> np.ndarra
         ) from exc
 
 
+def load_nifti(path: Path, what: str) -> nib.Nifti1Image:
+    """The image's header and data proxy (no data read); missing or unreadable: a DataError."""
+    require_file(path, what)
+    try:
+        return nib.load(path)
+    except (*NIFTI_ERRORS, nib.filebasedimages.ImageFileError) as exc:
+        raise DataError(f"cannot read {what} '{path}' (truncated or not NIfTI): {exc}") from exc
+
+
+def nifti_data(img: nib.Nifti1Image, what: str, index: Any = ...) -> np.ndarray:
+    """``img.dataobj[index]``; a truncated or corrupt file raises a DataError naming it."""
+    try:
+        return np.asanyarray(img.dataobj[index])
+    except NIFTI_ERRORS as exc:
+        raise DataError(
+            f"cannot read the data of {what} '{img.get_filename()}' (truncated or corrupt "
+            f"file?): {exc}"
+        ) from exc
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link ``source`` to ``target`` (no second copy of a large file), else copy it."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -171,8 +195,9 @@ def subject_label(number: int) -> str:
 def release_subjects(
     report: Inspection, found: dict[str, Path], wanted: tuple[str, ...], expected: str
 ) -> list[str]:
-    """The subjects to convert; none found (or a requested one absent) is a problem line.
+    """The release's subjects to convert (``base.source.subjects``, or all found), sorted.
 
+    None found, or a requested one absent, is a problem line (and no subject is returned);
     ``expected`` describes the files that would have been found, for the message.
     """
     if not found:
@@ -181,28 +206,27 @@ def release_subjects(
             f"{listing(report.source)}"
         )
         return []
-    return report.attempt(lambda: select_subjects(found, wanted, report.source)) or []
-
-
-def select_subjects(found: dict[str, Path], wanted: tuple[str, ...], where: Path) -> list[str]:
-    """The release's subject names to convert (``base.source.subjects``, or all found).
-
-    Raises
-    ------
-    DataError
-        None found, or a requested subject absent (listing those found).
-    """
-    if not found:
-        raise DataError(f"no subjects found in '{where}'")
     missing = sorted(set(wanted) - set(found))
     if missing:
-        raise DataError(
-            f"base.source.subjects names {missing}, not found in '{where}'; found {sorted(found)}"
+        report.problems.append(
+            f"base.source.subjects names {missing}, not found in '{report.source}'; "
+            f"found {sorted(found)}"
         )
-    return sorted(wanted) if wanted else sorted(found)
+        return []
+    return sorted(set(wanted or found))
 
 
 # --------------------------------------------------------------------------- stimuli
+
+
+def open_image(path: Path, what: str) -> Image.Image:
+    """The image at ``path`` as RGB; a missing or unreadable file raises a DataError naming it."""
+    require_file(path, what)
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read {what} '{path}': {exc}") from exc
 
 
 def square_rgb(image: np.ndarray | Image.Image, size: int) -> np.ndarray:

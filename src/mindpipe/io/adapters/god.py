@@ -3,7 +3,9 @@
 The release's ``SubjectN.h5`` files are bdpy ``BData``: a 2-D ``dataset`` (samples x columns)
 and a ``metadata`` group whose ``key``/``description``/``value`` rows flag columns (value 1):
 the voxel columns (``VoxelData``, ``ROI_V1`` ... ``ROI_VC``) and one column each for
-``DataType`` (1 training, 2 test perception, 3 test imagery), ``Run`` and ``Label``. A label
+``DataType`` (1 training, 2 test perception, 3 test imagery), ``Run`` and the stimulus:
+``stimulus_id`` in the HDF5 release, ``Label`` in the older BrainDecoderToolbox2 files (both
+are read). A stimulus id
 ``<category>.<image>`` (e.g. 1518878.005958) names ImageNet image ``n01518878_5958``; its
 integer part is the category, so the 1,200 training images fall in 150 categories and the 50
 test images in 50 others, never trained on (zero-shot). Older files name the groups
@@ -34,6 +36,7 @@ from mindpipe.io.adapters.common import (
     carve_validation,
     h5_dataset,
     open_h5,
+    open_image,
     read_rows,
     release_subjects,
     stimulus_table,
@@ -52,7 +55,10 @@ DATA_TYPES = {1: "train", 2: "test"}  # 3: imagery, not converted
 IMAGE_DIRS = {"train": "images/training", "test": "images/test"}
 IMAGE_SUFFIXES = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png")
 SYNSET_FILES = ("synset_words.txt", "LOC_synset_mapping.txt")
-LABEL_KEYS = ("DataType", "Run", "Label")
+LABEL_KEYS = ("DataType", "Run")
+#: The stimulus column: 'stimulus_id' in the HDF5 release (KamitaniLab/GenericObjectDecoding's
+#: demo reads it since "use the latest data files"), 'Label' in the older files.
+STIMULUS_KEYS = ("stimulus_id", "Label")
 CHUNK_ROWS = 512
 _SUBJECT = re.compile(r"^Subject(\d+)\.h5$")
 
@@ -156,8 +162,14 @@ def _inspect_subject(path: Path, name: str, roi: str) -> _Subject:
         voxels = _columns(keys, value, roi, path)
         if voxels.size == 0:
             raise DataError(f"'{path}': ROI key '{roi}' flags no column (base.source.roi)")
+        stimulus = next((k for k in STIMULUS_KEYS if k in keys), None)
+        if stimulus is None:
+            raise DataError(
+                f"expected metadata key '{STIMULUS_KEYS[0]}' (older files: '{STIMULUS_KEYS[1]}') "
+                f"in '{path}', found {keys[:20]}"
+            )
         cols = {}
-        for key in LABEL_KEYS:
+        for key in (*LABEL_KEYS, stimulus):
             flagged = _columns(keys, value, key, path)
             if flagged.size != 1:
                 raise DataError(
@@ -174,7 +186,7 @@ def _inspect_subject(path: Path, name: str, roi: str) -> _Subject:
     by_key = {k: table[:, order.index(c)] for k, c in cols.items()}
     data_type = by_key["DataType"].astype(np.int64)
     keep = np.isin(data_type, list(DATA_TYPES))
-    label = by_key["Label"][keep]
+    label = by_key[stimulus][keep]
     category = np.floor(label).astype(np.int64)
     image = np.round((label - category) * 1e6).astype(np.int64)
     samples = pd.DataFrame(
@@ -229,6 +241,18 @@ def _synset_names(source: Path) -> dict[str, str]:
     return {}
 
 
+def _category_names(wnids: list[str], synsets: dict[str, str]) -> list[str]:
+    """Each stimulus's category name; a name two categories share gets its WordNet id.
+
+    Synset lists repeat first names (``crane`` the bird and the machine): merged, a held-out
+    category would swallow a seen one (and ``categories.tsv`` would flag both held out).
+    """
+    name_of = {w: synsets.get(w, w) for w in set(wnids)}
+    shared = pd.Series(name_of).value_counts()
+    shared = set(shared.index[shared > 1])
+    return [f"{name_of[w]} ({w})" if name_of[w] in shared else name_of[w] for w in wnids]
+
+
 def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) -> dict[str, float]:
     """Write the stimuli (150 seen + 50 held-out categories) and every subject's samples."""
     plan: _Plan = report.plan
@@ -239,7 +263,7 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
     test = first.loc[first["split"] == "test", "source_id"].to_numpy()
     val = carve_validation(np.setdiff1d(ids, test), params.val_fraction, seed, "images")
     split = np.where(np.isin(ids, test), "test", np.where(np.isin(ids, val), "val", "train"))
-    names = [plan.names.get(c, c) for c in first["category"]]
+    names = _category_names(first["category"].tolist(), plan.names)
     table = stimulus_table(
         source_id=ids.tolist(),
         caption=[f"a photo of a {n}" for n in names],
@@ -248,7 +272,7 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
         held_out=(split == "test").astype(int).tolist(),
     )
     images = (plan.images[i] for i in ids)
-    write_stimuli(out_dir, table, (_open_image(p) for p in images), params.image_size)
+    write_stimuli(out_dir, table, (open_image(p, "GOD image") for p in images), params.image_size)
     stim_of = {i: k for k, i in enumerate(ids)}
     for sub in progress(plan.subjects, desc="god: subjects"):
         _write_subject(out_dir, sub, stim_of)
@@ -259,16 +283,6 @@ def convert(report: Inspection, out_dir: Path, params: SourceParams, seed: int) 
         "n_samples": float(len(samples)),
         "n_test_images": float(test.size),
     }
-
-
-def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read GOD image '{path}': {exc}") from exc
 
 
 def _write_subject(out_dir: Path, sub: _Subject, stim_of: dict[str, int]) -> None:

@@ -201,11 +201,13 @@ def write_god(
     image_size: int = 20,
     noise: float = 0.5,
     seed: int = 0,
+    stimulus_key: str = "stimulus_id",
 ) -> Path:
     """bdpy ``SubjectN.h5`` files, ImageNet-named JPEGs and a synset list.
 
     Training images are shown once, test images ``test_repeats`` times (GOD: 35), one test
     image per category never trained on; a few imagery samples (DataType 3) are included.
+    The stimulus column is ``stimulus_key`` (the HDF5 release's; older files: ``Label``).
     """
     root = Path(root)
     wnids = [f"n{1000000 + 17 * k:08d}" for k in range(n_train_categories + n_test_categories)]
@@ -224,12 +226,18 @@ def write_god(
     responses = _Responses(len(items), n_voxels, noise, seed)
     for number in subjects:
         _write_bdata(
-            root / f"Subject{number}.h5", items, len(train), test_repeats, responses, wnids
+            root / f"Subject{number}.h5",
+            items,
+            len(train),
+            test_repeats,
+            responses,
+            wnids,
+            stimulus_key,
         )
     return root
 
 
-def _write_bdata(path, items, n_train, test_repeats, responses, wnids) -> None:
+def _write_bdata(path, items, n_train, test_repeats, responses, wnids, stimulus_key) -> None:
     """One bdpy BData HDF5 (``dataset`` + ``metadata/{key,description,value}``)."""
     index = list(range(n_train)) + [n_train + k for k in range(len(items) - n_train)] * test_repeats
     data_type = [1] * n_train + [2] * (len(index) - n_train)
@@ -242,7 +250,7 @@ def _write_bdata(path, items, n_train, test_repeats, responses, wnids) -> None:
     voxels = responses(np.array(index))
     n_vox = voxels.shape[1]
     dataset = np.column_stack([voxels, data_type, run, label]).astype(np.float64)
-    keys = ["VoxelData", "ROI_VC", "ROI_V1", "DataType", "Run", "Label"]
+    keys = ["VoxelData", "ROI_VC", "ROI_V1", "DataType", "Run", stimulus_key]
     value = np.full((len(keys), dataset.shape[1]), np.nan)
     value[0:2, :n_vox] = 1
     value[2, : n_vox // 2] = 1

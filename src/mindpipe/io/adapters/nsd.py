@@ -28,7 +28,6 @@ import re
 import tarfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import scipy.io
@@ -39,6 +38,8 @@ from mindpipe.io.adapters.common import (
     Inspection,
     carve_validation,
     h5_dataset,
+    load_nifti,
+    nifti_data,
     open_h5,
     read_rows,
     release_subjects,
@@ -274,10 +275,10 @@ def _inspect_nifti(
     source: Path, name: str, number: int, design: dict[str, np.ndarray], params: SourceParams
 ) -> _Subject:
     roi_path = source / ROI_FILE.format(subject=name, roi=params.roi or "nsdgeneral")
-    roi = _nifti(roi_path, "NSD ROI")
+    roi = load_nifti(roi_path, "NSD ROI")
     if roi.ndim != 3:
         raise DataError(f"NSD ROI '{roi_path}' must be 3-D; got shape {roi.shape}")
-    mask = np.asarray(roi.dataobj) > 0
+    mask = nifti_data(roi, "NSD ROI") > 0
     if not mask.any():
         raise DataError(f"NSD ROI '{roi_path}' selects no voxel (no value > 0)")
     folder = source / NIFTI_DIR.format(subject=name)
@@ -286,9 +287,15 @@ def _inspect_nifti(
     )
     if not sessions:
         raise DataError(f"{name}: no betas sessions: expected '{folder}/betas_session01.nii.gz'")
+    numbers = [s for s, _ in sessions]
+    if numbers[0] < 1 or len(set(numbers)) < len(numbers):
+        raise DataError(
+            f"{name}: expected one 'betas_sessionNN.nii.gz' per session NN >= 1 in '{folder}'; "
+            f"found {[p.name for _, p in sessions]}"
+        )
     counts = []
     for _, path in sessions:
-        img = _nifti(path, "NSD betas session")
+        img = load_nifti(path, "NSD betas session")
         if img.ndim != 4 or img.shape[:3] != mask.shape:
             raise DataError(
                 f"'{path}' has shape {img.shape}; expected (X, Y, Z, trials) on the grid "
@@ -296,20 +303,30 @@ def _inspect_nifti(
             )
         if not np.allclose(img.affine, roi.affine, atol=1e-3):
             raise DataError(f"'{path}' and the ROI '{roi_path}' have different affines")
+        _check_units(img, path)
         counts.append(int(img.shape[3]))
-    order, subjectim = design["masterordering"], design["subjectim"]
-    if number > subjectim.shape[0] or sum(counts) > order.size:
+    if len(set(counts)) > 1:
+        found = {p.name: c for (_, p), c in zip(sessions, counts, strict=True)}
         raise DataError(
-            f"{name}: {sum(counts)} trials in {len(counts)} sessions but '{EXPDESIGN}' orders "
-            f"{order.size} trials for {subjectim.shape[0]} subjects"
+            f"{name}: every session of '{folder}' must hold the same number of trials (NSD: "
+            f"{TRIALS_PER_SESSION}); found {found}"
         )
-    index = np.arange(sum(counts))
+    # masterordering is indexed by the trial's place in the whole experiment: session NN's
+    # trials are (NN - 1) * n ... NN * n - 1, whichever sessions are present
+    n = counts[0]
+    index = np.concatenate([(s - 1) * n + np.arange(n) for s in numbers])
+    order, subjectim = design["masterordering"], design["subjectim"]
+    if number > subjectim.shape[0] or index[-1] >= order.size:
+        raise DataError(
+            f"{name}: sessions up to {numbers[-1]} of {n} trials need {index[-1] + 1} trials "
+            f"but '{EXPDESIGN}' orders {order.size} trials for {subjectim.shape[0]} subjects"
+        )
     nsd_id = subjectim[number - 1, order[index] - 1] - 1
     shared = set((design["sharedix"] - 1).tolist())
     trials = pd.DataFrame(
         {
-            "row": index,
-            "session": np.repeat([s for s, _ in sessions], counts),
+            "row": np.arange(index.size),
+            "session": np.repeat(numbers, counts),
             "nsd_id": nsd_id,
             "split": ["test" if i in shared else "train" for i in nsd_id.tolist()],
         }
@@ -325,12 +342,18 @@ def _inspect_nifti(
     )
 
 
-def _nifti(path: Path, what: str) -> nib.Nifti1Image:
-    require_file(path, what)
-    try:
-        return nib.load(path)
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise DataError(f"cannot read {what} '{path}' (truncated or not NIfTI): {exc}") from exc
+def _check_units(img, path: Path) -> None:
+    """The conversion divides by 300: the values must be NSD's raw int16, unscaled by the header.
+
+    A header scale (``scl_slope``/``scl_inter``) would be applied by nibabel first (and give
+    float64 blocks), a float file is already in other units: dividing either by 300 is wrong.
+    """
+    dtype, slope, inter = img.get_data_dtype(), img.dataobj.slope, img.dataobj.inter
+    if dtype != np.int16 or (slope, inter) != (1.0, 0.0):
+        raise DataError(
+            f"'{path}' holds {dtype} values (scl_slope {slope:g}, scl_inter {inter:g}); expected "
+            f"NSD's int16 betas (% signal change x {NIFTI_SCALE:g}) with no header scale"
+        )
 
 
 # --------------------------------------------------------------------------- conversion
@@ -411,17 +434,12 @@ def _stream_nifti(sub: _Subject, stim: np.ndarray, writer: TrialBetasWriter) -> 
     """Session by session, ``CHUNK_ROWS`` volumes at a time: mask, unscale, append."""
     done = 0
     for path in progress(sub.sessions, f"nsd: {sub.name} sessions"):
-        img = nib.load(path)
+        img = load_nifti(path, "NSD betas session")
         n = int(img.shape[3])
         label = f"ses-{int(_SESSION.match(path.name)[1]):02d}"
         for t0 in range(0, n, CHUNK_ROWS):
             t1 = min(t0 + CHUNK_ROWS, n)
-            try:
-                block = np.asanyarray(img.dataobj[..., t0:t1])
-            except (OSError, EOFError, ValueError) as exc:
-                raise DataError(
-                    f"cannot read volumes {t0}:{t1} of '{path}' (truncated file?): {exc}"
-                ) from exc
+            block = nifti_data(img, f"NSD betas session (volumes {t0}:{t1})", (..., slice(t0, t1)))
             rows = block[sub.mask].T.astype(np.float32) / NIFTI_SCALE
             writer.write(rows, stim[done + t0 : done + t1], label)
         done += n
