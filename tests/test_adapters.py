@@ -195,6 +195,15 @@ def test_nsd_subject_selection(nsd: Path, tmp_path: Path) -> None:
     ]
 
 
+def test_nsd_pickled_captions_are_refused_not_loaded(nsd: Path, tmp_path: Path) -> None:
+    """An object-array captions file would need unpickling: refused, named, nothing written."""
+    captions = np.load(nsd / "COCO_73k_annots_curated.npy").astype(object)
+    np.save(nsd / "COCO_73k_annots_curated.npy", captions, allow_pickle=True)
+    with pytest.raises(DataError, match=r"COCO_73k_annots_curated\.npy.*pickled"):
+        _import("nsd", nsd, tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
 def test_nsd_nifti_betas_must_be_raw_int16(tmp_path: Path) -> None:
     """Dividing by 300 is right only for unscaled int16: a header scale or floats are named."""
     source = miniature.write_nsd_nifti(tmp_path / "nsd")

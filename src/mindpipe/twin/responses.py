@@ -145,7 +145,10 @@ def encode_subject(
         centre, size = retinotopic_map(anatomy.template_mm[retino], cfg)
         prf_centre[retino] = centre + centre_jitter[retino]
         prf_size[retino] = size * size_jitter[retino]
-        drive = energy @ prf_weights(prf_centre[retino], prf_size[retino], cfg.image_size)
+        weights = prf_weights(prf_centre[retino], prf_size[retino], cfg.image_size)
+        # float64 products: a float32 BLAS sum changes in the last bits with the thread count
+        # and CPU kernel, and so would the twin's bytes (data.dvc) from machine to machine
+        drive = energy.astype(np.float64) @ weights.astype(np.float64)
         amplitude[:, retino] = (
             retino_gain[retino] * (np.maximum(drive, 0.0) / DRIVE_REF) ** cfg.prf_exponent
         )

@@ -442,8 +442,8 @@ def contrast_energy(images: np.ndarray, cfg: TwinConfig) -> np.ndarray:
     numpy.ndarray
         (n, H * W) float32, C-order pixels (row 0 = top of the image).
     """
-    rgb = images.astype(np.float32) / 255.0
-    lum = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    rgb = images.astype(np.float64) / 255.0  # float64 for machine-independent bytes (BLAS)
+    lum = rgb @ np.array([0.299, 0.587, 0.114])
     red_green = rgb[..., 0] - rgb[..., 1]
     yellow_blue = (rgb[..., 0] + rgb[..., 1]) / 2 - rgb[..., 2]
     grad_y, grad_x = np.gradient(lum, axis=(1, 2))

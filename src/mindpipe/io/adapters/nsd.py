@@ -188,14 +188,21 @@ def _image_count(path: Path, route: str) -> int:
 
 
 def _load_annots(path: Path) -> np.ndarray:
-    """Captions, one row per 73k image (object arrays need pickle: this is the user's file)."""
+    """Captions, one row per 73k image: a string array (MindEye2 loads it without pickle).
+
+    Object arrays are refused rather than unpickled: loading a pickle runs code from the file.
+    """
     require_file(path, "COCO captions")
     try:
-        try:
-            annots = np.load(path, allow_pickle=False)
-        except ValueError:
-            annots = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as exc:
+        annots = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise DataError(
+                f"COCO captions '{path}' hold pickled objects, which are not loaded (a pickle "
+                "can run code); save them as a string array, e.g. `arr.astype(str)`"
+            ) from exc
+        raise DataError(f"cannot read COCO captions '{path}' (truncated?): {exc}") from exc
+    except (OSError, EOFError) as exc:
         raise DataError(f"cannot read COCO captions '{path}' (truncated?): {exc}") from exc
     if annots.ndim not in (1, 2) or annots.shape[0] == 0:
         raise DataError(f"expected (73000, 5) captions in '{path}', got shape {annots.shape}")
