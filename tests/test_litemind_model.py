@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from mindpipe.models.litemind import LiteMind, LiteMindConfig
 from mindpipe.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
+from mindpipe.recipes.litemind import TargetSpace
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -60,3 +62,20 @@ def test_wrong_voxel_count_is_a_clear_error():
         model(torch.randn(2, 63))
     with pytest.raises(ValueError, match="patch_size"):
         LiteMindConfig(n_voxels=10, embed_dim=8, patch_size=16)
+
+
+def test_target_space_round_trips_and_ignores_the_decoded_length():
+    """Decoders learn directions: a decoded row at any length maps to the same pooled embedding."""
+    rng = np.random.default_rng(0)
+    targets = rng.normal(3.0, 2.0, (200, 5, 8)).astype(np.float32)  # pooled + 4 tokens
+    space = TargetSpace.fit(targets)
+    encoded = space.encode(targets).reshape(200, -1)
+    assert space.norm == pytest.approx(np.linalg.norm(encoded, axis=1).mean())
+    at_norm = encoded * (space.norm / np.linalg.norm(encoded, axis=1, keepdims=True))
+    expected = space.pooled(at_norm)
+    assert np.allclose(space.pooled(0.01 * at_norm), expected, atol=1e-5)
+    assert np.allclose(space.pooled(30.0 * at_norm), expected, atol=1e-4)
+    # rows already at the mean norm come back as the original pooled embeddings
+    typical = np.abs(np.linalg.norm(encoded, axis=1) / space.norm - 1) < 0.01
+    assert typical.sum() >= 5
+    assert np.allclose(expected[typical], targets[typical, 0], atol=0.1)

@@ -78,18 +78,32 @@ class TargetSpace:
 
     mean: np.ndarray  # (n_tokens, dim), over the training images
     std: np.ndarray
+    norm: float  # mean L2 norm of the flattened standardised training targets
 
     @classmethod
     def fit(cls, target: np.ndarray) -> TargetSpace:
-        return cls(target.mean(axis=0), target.std(axis=0) + 1e-6)
+        mean, std = target.mean(axis=0), target.std(axis=0) + 1e-6
+        flat = ((target - mean) / std).reshape(len(target), -1)
+        return cls(mean, std, float(np.linalg.norm(flat, axis=1).mean()))
 
     def encode(self, target: np.ndarray) -> np.ndarray:
         return ((target - self.mean) / self.std).astype(np.float32)
 
     def pooled(self, decoded: np.ndarray) -> np.ndarray:
-        """The pooled embedding, in CLIP units, of flattened decoded rows."""
-        first = decoded.reshape(len(decoded), *self.mean.shape)[:, 0]
+        """The pooled embedding, in CLIP units, of flattened decoded rows.
+
+        Contrastive decoders learn a direction, not a length (Lite-Mind's rows come out about
+        30x shorter than the targets, which would leave every pooled embedding at the training
+        mean), so each row is first scaled to the training targets' mean norm.
+        """
+        flat = decoded.reshape(len(decoded), -1)
+        length = np.linalg.norm(flat, axis=1, keepdims=True)
+        flat = flat * (self.norm / np.maximum(length, 1e-12))
+        first = flat.reshape(len(flat), *self.mean.shape)[:, 0]
         return (first * self.std[0] + self.mean[0]).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, mean=self.mean, std=self.std, norm=self.norm)
 
 
 def clip_targets(store: FeatureStore, stim_ids: np.ndarray, target: str) -> np.ndarray:
@@ -184,7 +198,7 @@ def train_litemind(
                     "train_seconds": result.seconds,
                 }
                 metrics[f"{kind}.n_params"] = sum(p.numel() for p in model.parameters())
-            np.savez(folder / "target_stats.npz", mean=space.mean, std=space.std)
+            space.save(folder / "target_stats.npz")
             test_y = data["test"][1]
             save_predictions(
                 out_dir / kind,
