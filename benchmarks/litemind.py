@@ -1,20 +1,26 @@
 """Lite-Mind vs MindEye's MLP: parameters, training throughput and peak memory.
 
     .venv/bin/python benchmarks/litemind.py [--voxels 15724] [--steps 20] [--batch 64]
+        [--results artifacts/evaluate/results.json]
 
 Parameter counts at the papers' size (subj01: 15,724 voxels, 257 x 768 CLIP tokens) are taken
 on the meta device (no memory). Throughput and peak memory are measured at the size given by
 the flags, each model trained in its own child process so peak RSS belongs to it alone (on
 CUDA, peak allocated GPU memory instead). Both models use the same InfoNCE loss and AdamW.
+When the main job's evaluate results exist, their top-1 retrieval (brain -> image, mean over
+subjects) is printed beside the parameter ratio, as a fraction of the oracle's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import resource
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from mindpipe.models.litemind import LiteMind, LiteMindConfig
@@ -71,6 +77,23 @@ def train_steps(name: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     queue.put((name, args.steps * args.batch / elapsed, peak_mb, device.type))
 
 
+def print_retrieval(results: Path) -> None:
+    """Top-1 brain -> image of each decoder in the main job's results, and its oracle ratio."""
+    if not results.exists():
+        print(f"no '{results}': run `make run` for the retrieval figures")
+        return
+    retrieval = json.loads(results.read_text())["retrieval"]
+
+    def mean_top1(decoder: str) -> float:
+        return float(np.mean([s["brain_to_image"] for s in retrieval[decoder].values()]))
+
+    oracle = mean_top1("oracle")
+    print(f"top-1 brain -> image among 300 ('{results}'; oracle {oracle:.3f}):")
+    for decoder in sorted(set(retrieval) - {"oracle"}):
+        top1 = mean_top1(decoder)
+        print(f"  {decoder:12s} {top1:.3f}   {top1 / oracle:.2f} x oracle")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--voxels", type=int, default=15724)
@@ -79,6 +102,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=Path("artifacts/evaluate/results.json"))
     args = parser.parse_args()
 
     with torch.device("meta"):
@@ -88,6 +112,7 @@ def main() -> None:
         print(f"  {name:12s} {count / 1e6:10.2f} M")
     ratio = counts["litemind"] / counts["mindeye_mlp"]
     print(f"  Lite-Mind / MLP = {ratio:.4f} ({100 * (1 - ratio):.1f}% fewer)")
+    print_retrieval(args.results)
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
