@@ -8,8 +8,11 @@ betas, so every candidate alpha costs one matrix product.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -60,6 +63,46 @@ def ridge_path(
     return solutions
 
 
+@dataclasses.dataclass(frozen=True)
+class RidgeFit:
+    weight: np.ndarray  # (n_voxels, n_features)
+    bias: np.ndarray  # (n_features,)
+    alpha: float
+    val_score: Any  # what ``select_ridge``'s scorer returned for this alpha
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.weight + self.bias
+
+
+def select_ridge(
+    x: np.ndarray,
+    y: np.ndarray,
+    val_x: np.ndarray,
+    alphas: tuple[float, ...],
+    val_score: Callable[[np.ndarray], Any],
+) -> RidgeFit:
+    """Ridge from ``x`` to ``y`` at the alpha whose val predictions score highest.
+
+    ``val_score`` maps the val predictions to a comparable score (higher is better; the first
+    alpha wins ties).
+    """
+    solutions = ridge_path(np.asarray(x, dtype=np.float64), y, alphas)
+    scores = [val_score(val_x @ w + b) for w, b in solutions]
+    best = max(range(len(scores)), key=lambda k: scores[k])
+    return RidgeFit(*solutions[best], alphas[best], scores[best])
+
+
+def save_ridge(folder: Path, fit: RidgeFit, tensors: dict | None = None, **config) -> None:
+    """``model.safetensors`` (weight, bias, ``tensors``) + ``config.json`` (alpha, ``config``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"weight": fit.weight, "bias": fit.bias, **(tensors or {})}
+    save_file(
+        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+        str(folder / "model.safetensors"),
+    )
+    write_json(folder / "config.json", {"kind": "ridge", "alpha": fit.alpha, **config})
+
+
 def fit_ridge_baseline(
     *, betas_dir: Path, out_dir: Path, params: RidgeParams, base: BaseParams
 ) -> dict[str, float]:
@@ -74,13 +117,15 @@ def fit_ridge_baseline(
         mean, std = target["train"].mean(axis=0), target["train"].std(axis=0)
         std[std == 0] = 1.0
         y_train = (target["train"] - mean) / std
-        x_train = np.asarray(sb.betas["train"], dtype=np.float64)
-        solutions = ridge_path(x_train, y_train, params.alphas)
         val_target = (target["val"] - mean) / std
-        scores = [_val_score(sb.betas["val"] @ w + b, val_target) for w, b in solutions]
-        best = max(range(len(scores)), key=lambda k: scores[k])
-        w, b = solutions[best]
-        test_pred = sb.betas["test"] @ w + b
+        fit = select_ridge(
+            sb.betas["train"],
+            y_train,
+            sb.betas["val"],
+            params.alphas,
+            functools.partial(_val_score, true=val_target),
+        )
+        test_pred = fit.predict(sb.betas["test"])
         test_true = (target["test"] - mean) / std
         save_predictions(
             out_dir / "ridge",
@@ -90,12 +135,16 @@ def fit_ridge_baseline(
             embedding=test_pred.astype(np.float32),
             target=test_true.astype(np.float32),
         )
-        _save_model(
-            out_dir / "ridge" / "models" / subject, w, b, mean, std, params.alphas[best], names
+        save_ridge(
+            out_dir / "ridge" / "models" / subject,
+            fit,
+            {"feature_mean": mean, "feature_std": std},
+            features=names,
+            n_voxels=int(fit.weight.shape[0]),
         )
-        metrics[f"{subject}.alpha"] = params.alphas[best]
-        metrics[f"{subject}.val_top1"] = scores[best][0]
-        logger.info("%s: alpha=%g val top-1=%.3f", subject, params.alphas[best], scores[best][0])
+        metrics[f"{subject}.alpha"] = fit.alpha
+        metrics[f"{subject}.val_top1"] = fit.val_score[0]
+        logger.info("%s: alpha=%g val top-1=%.3f", subject, fit.alpha, fit.val_score[0])
     return metrics
 
 
@@ -108,16 +157,3 @@ def _val_score(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
         np.linalg.norm(pc, axis=0) * np.linalg.norm(tc, axis=0), 1e-12
     )
     return top1["brain_to_image"], float(corr.mean())
-
-
-def _save_model(folder: Path, w, b, mean, std, alpha: float, names: list[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"weight": w, "bias": b, "feature_mean": mean, "feature_std": std}
-    save_file(
-        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
-        str(folder / "model.safetensors"),
-    )
-    write_json(
-        folder / "config.json",
-        {"kind": "ridge", "alpha": alpha, "features": names, "n_voxels": int(w.shape[0])},
-    )

@@ -21,20 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
 
 from mindpipe.evaluate.predictions import save_predictions
 from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
 from mindpipe.exceptions import ParamsError
 from mindpipe.features.store import FeatureStore
 from mindpipe.io.betas import list_subjects, load_betas
-from mindpipe.models.baselines import ridge_path
+from mindpipe.models.baselines import save_ridge, select_ridge
 from mindpipe.models.checkpoint import save_checkpoint
 from mindpipe.models.litemind import LiteMind, LiteMindConfig
 from mindpipe.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
 from mindpipe.params import BaseParams
 from mindpipe.recipes.contrastive import TrainConfig, fit_contrastive, predict, resolve_device
-from mindpipe.utils import progress, write_json
+from mindpipe.utils import progress
 
 logger = logging.getLogger(__name__)
 
@@ -147,20 +146,15 @@ def fit_ridge_decoder(
     decoded test rows and the selection metrics.
     """
     (x, y), (val_x, val_y) = data["train"], data["val"]
-    y, val_y = y.reshape(len(y), -1), val_y.reshape(len(val_y), -1)
-    solutions = ridge_path(np.asarray(x, dtype=np.float64), y, alphas)
-    similarities = [cosine_similarity(val_x @ w + b, val_y) for w, b in solutions]
-    scores = [retrieval_top1(s, len(val_y), 1)["brain_to_image"] for s in similarities]
-    best = int(np.argmax(scores))
-    w, b = solutions[best]
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {"weight": w.astype(np.float32), "bias": b.astype(np.float32)},
-        str(folder / "model.safetensors"),
-    )
-    write_json(folder / "config.json", {"kind": "ridge", "alpha": alphas[best]})
-    decoded = (data["test"][0] @ w + b).astype(np.float32)
-    return decoded, {"val_top1": scores[best], "alpha": alphas[best]}
+    val_y = val_y.reshape(len(val_y), -1)
+
+    def val_top1(pred: np.ndarray) -> float:
+        return retrieval_top1(cosine_similarity(pred, val_y), len(val_y), 1)["brain_to_image"]
+
+    fit = select_ridge(x, y.reshape(len(y), -1), val_x, alphas, val_top1)
+    save_ridge(folder, fit)
+    decoded = fit.predict(data["test"][0]).astype(np.float32)
+    return decoded, {"val_top1": fit.val_score, "alpha": fit.alpha}
 
 
 def train_litemind(

@@ -38,7 +38,7 @@ from mindpipe.features.store import FeatureStore
 from mindpipe.io import read_stimuli
 from mindpipe.io.betas import SubjectBetas, load_betas
 from mindpipe.io.images import load_images
-from mindpipe.models.baselines import ridge_path
+from mindpipe.models.baselines import select_ridge
 from mindpipe.models.unclip import UnCLIPGenerator, config_for, save_generator
 from mindpipe.params import BaseParams
 from mindpipe.recipes.contrastive import resolve_device
@@ -189,17 +189,14 @@ def fit_blurry_decoder(
         return torch.stack([thumbnails[int(i)] for i in sb.stim[split]]).flatten(1).numpy()
 
     shape = next(iter(thumbnails.values())).shape
-    x = np.asarray(sb.betas["train"], dtype=np.float64)
-    solutions = ridge_path(x, pixels("train"), alphas)
     val_truth = unit_images(pixels("val"), shape)
-    scores = [
-        pixcorr(unit_images(sb.betas["val"] @ w + b, shape), val_truth, shape[-1])
-        for w, b in solutions
-    ]
-    best = int(np.argmax(scores))
-    w, b = solutions[best]
-    test = torch.as_tensor(sb.betas["test"] @ w + b, dtype=torch.float32).view(-1, *shape)
-    return test.clamp(-1, 1), {"alpha": alphas[best], "val_pixcorr": scores[best]}
+
+    def val_pixcorr(pred: np.ndarray) -> float:
+        return pixcorr(unit_images(pred, shape), val_truth, shape[-1])
+
+    fit = select_ridge(sb.betas["train"], pixels("train"), sb.betas["val"], alphas, val_pixcorr)
+    test = torch.as_tensor(fit.predict(sb.betas["test"]), dtype=torch.float32).view(-1, *shape)
+    return test.clamp(-1, 1), {"alpha": fit.alpha, "val_pixcorr": fit.val_score}
 
 
 def stimulus_thumbnails(
