@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from nilearn.glm.first_level import compute_regressor
-from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
 
+from contracts import check_estimator_contract
 from fakes import FakeTruth, write_fake_dataset
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.params import BaseParams, parse_section
@@ -198,27 +195,6 @@ def test_ncsnr_known_construction(rng: np.random.Generator) -> None:
     )
     with pytest.raises(DataError, match="NCSNR needs repeated images"):
         ncsnr(x[:10], np.arange(10))
-
-
-def check_estimator_contract(
-    est: Any, x: np.ndarray, fit_kw: dict[str, Any], transform_kw: dict[str, Any]
-) -> None:
-    """The voxel-space estimator contract (STYLE.md, mindpipe convention 9)."""
-    params = est.get_params()
-    name = type(est).__name__
-    with pytest.raises(NotFittedError, match=f"This {name} is not fitted yet: call 'fit' before"):
-        est.transform(x, **transform_kw)
-    assert est.fit(x, **fit_kw) is est
-    assert est.get_params() == params
-    first = est.transform(x, **transform_kw)
-    assert est.fit(x, **fit_kw).transform(x, **transform_kw).tobytes() == first.tobytes()
-    fresh = clone(est)
-    assert fresh.get_params() == params
-    with pytest.raises(NotFittedError):
-        fresh.transform(x, **transform_kw)
-    assert fresh.fit(x, **fit_kw).transform(x, **transform_kw).tobytes() == first.tobytes()
-    again = pickle.loads(pickle.dumps(est))
-    assert again.transform(x, **transform_kw).tobytes() == first.tobytes()
 
 
 def test_estimator_contract_voxel_selector(rng: np.random.Generator) -> None:

@@ -28,6 +28,7 @@ from mindpipe.params import BaseParams, SourceParams
 DECODING = (
     "validate_raw",
     "preprocess",
+    "align",
     "mlip",
     "features",
     "baseline",
@@ -41,6 +42,7 @@ FAST = {  # the tiny presets, trimmed further (each section replaces params.yaml
     "litemind": {**TINY_MODELS["litemind"], "train": {"epochs": 3}},
     "reconstruct": {"steps": 5, "batch_size": 8, "sample_steps": 2, "grid_images": 2},
     "evaluate": {"image_extractors": []},
+    "align": {"registration_mm": 4.0},  # MNI152 at 2 mm registers ~8x faster at 4 mm
 }
 
 
@@ -72,11 +74,12 @@ def _metrics(stage: str) -> dict[str, float]:
     return json.loads(Path(f"artifacts/{stage}/metrics.json").read_text())
 
 
-def _check_decoding_outputs(n_subjects: int = 1) -> dict[str, float]:
+def _check_decoding_outputs(n_subjects: int = 1, anatomy: bool = False) -> dict[str, float]:
     summary = pd.read_csv("artifacts/preprocess/summary.tsv", sep="\t")
     assert len(summary) == 3 * n_subjects
     assert (summary["n_rows"] == summary["expected_rows"]).all()
     assert _metrics("oracle") == {"available": 0.0}  # no twin ground truth on real data
+    assert _metrics("align")["available"] == float(anatomy)  # betas come without a T1w
     metrics = _metrics("evaluate")
     for key in ("ridge.brain_to_image", "litemind.brain_to_image", "mindeye_mlp.image_to_brain"):
         assert math.isfinite(metrics[key]), key
@@ -142,9 +145,21 @@ def test_lab_bids_dataset_through_the_glm_and_the_dag(tmp_path: Path) -> None:
     _project(tmp_path, "bids", miniature.write_bids)
     assert main(["data", "import"]) == 0
     _run(DECODING)
-    _check_decoding_outputs()
+    _check_decoding_outputs(anatomy=True)
     meta = json.loads(Path("artifacts/preprocess/sub-01/meta.json").read_text())
     assert meta["glm"]["method"] == "lss" and meta["n_runs"] == 3
+    # alignment to nilearn's MNI152: the template voxels land where the subject's scanner
+    # space truly puts them (the miniature's T1w is MNI152 under a known mapping)
+    assert "MNI152" in json.loads(Path("artifacts/align/alignment.json").read_text())["template"]
+    grid = json.loads(Path("artifacts/align/alignment.json").read_text())["grid"]
+    index = np.load("artifacts/align/sub-01/voxel_index.npy")
+    ijk = np.column_stack(np.unravel_index(index, grid["shape"]))
+    template_mm = ijk @ np.asarray(grid["affine"])[:3, :3].T + np.asarray(grid["affine"])[:3, 3]
+    subject_mm = np.load("artifacts/align/sub-01/template_to_subject_mm.npy")
+    truth = miniature.bids_scanner_to_mni(0, 0)
+    error = np.linalg.norm(subject_mm @ truth[:3, :3].T + truth[:3, 3] - template_mm, axis=1)
+    before = np.linalg.norm(template_mm @ truth[:3, :3].T + truth[:3, 3] - template_mm, axis=1)
+    assert error.mean() < 1.5 < 5 < before.mean()  # mm; the BOLD voxels are 3 mm
 
 
 def test_data_check_prints_what_is_missing(tmp_path: Path, capsys) -> None:

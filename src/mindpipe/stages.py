@@ -103,6 +103,18 @@ STAGES: tuple[Stage, ...] = (
         resources=Resources(cpu="2", memory="8Gi"),
     ),
     Stage(
+        name="align",
+        description="Per subject: register the T1w image to the template (the twin's, or "
+        "MNI152) by affine + SyN, resample the selected betas into template space; alignment "
+        "error against the twin's true mapping, QC overlays.",
+        func="mindpipe.align:align",
+        params_cls="mindpipe.align:AlignParams",
+        inputs={"data_dir": DATA, "betas_dir": "preprocess"},
+        code=("align", "io"),
+        plots=("plots/qc.png", "plots/alignment_error.png"),
+        resources=Resources(cpu="2", memory="4Gi"),
+    ),
+    Stage(
         name="baseline",
         description="Ridge regression from betas to stimulus feature vectors, one model per "
         "subject, alpha chosen on the validation split.",

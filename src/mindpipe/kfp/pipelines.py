@@ -28,6 +28,7 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "decoding": (
         "validate_raw",
         "preprocess",
+        "align",
         "baseline",
         "oracle",
         "mlip",

@@ -334,6 +334,42 @@ def _write_frames(folder: Path, segment: int, n_clips: int, size: int, seed: int
 # --------------------------------------------------------------------------- BIDS
 
 
+#: Where the BIDS miniature's BOLD grid starts in scanner mm: over the occipital lobe, so its
+#: voxels land in the visual cortex of MNI152 under :func:`bids_scanner_to_mni`.
+BIDS_BOLD_ORIGIN_MM = (-18.0, -100.0, -10.0)
+
+
+def bids_scanner_to_mni(seed: int, index: int) -> np.ndarray:
+    """The true 4 x 4 scanner mm -> MNI152 mm mapping of the BIDS miniature's subject
+    ``index``: a rotation of up to 8 degrees, a scaling of up to 5% and a shift of up to 15 mm."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng([seed, index, 152])
+    rotation = Rotation.from_euler("xyz", rng.uniform(-8, 8, 3), degrees=True).as_matrix()
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * rng.uniform(0.95, 1.05)
+    affine[:3, 3] = rng.uniform(-15, 15, 3)
+    return affine
+
+
+def _write_bids_t1w(path: Path, scanner_to_mni: np.ndarray, voxel_mm: float = 4.0) -> None:
+    """nilearn's MNI152 T1 seen through the inverse of ``scanner_to_mni``: the subject's head
+    in scanner space, on a ``voxel_mm`` grid."""
+    from nilearn.datasets import load_mni152_template
+    from scipy.ndimage import map_coordinates
+
+    mni = load_mni152_template(resolution=2)
+    shape = (48, 58, 48)
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = (-96.0, -130.0, -80.0)
+    ijk = np.indices(shape).reshape(3, -1).T
+    to_mni_voxels = np.linalg.inv(mni.affine) @ scanner_to_mni @ affine
+    points = ijk @ to_mni_voxels[:3, :3].T + to_mni_voxels[:3, 3]
+    values = map_coordinates(np.asarray(mni.dataobj, dtype=np.float32), points.T, order=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(values.reshape(shape).astype(np.float32), affine), path)
+
+
 def write_bids(
     root: str | Path,
     subjects: tuple[str, ...] = ("sub-01",),
@@ -347,7 +383,9 @@ def write_bids(
     seed: int = 0,
 ) -> Path:
     """A lab's BIDS dataset: runs without sessions, events naming ``stimuli/`` files,
-    fixation rows without one, the TR in the top-level ``task-vision_bold.json``."""
+    fixation rows without one, the TR in the top-level ``task-vision_bold.json``, and a T1w
+    image per subject in the BOLD runs' scanner space (:func:`bids_scanner_to_mni` gives its
+    true mapping to MNI152)."""
     from mindpipe.preprocess.glm import trial_regressors
 
     root = Path(root)
@@ -366,10 +404,13 @@ def write_bids(
     brain = np.zeros(shape, dtype=bool)
     brain[2:-2, 2:-2, 2:-2] = True  # large enough to survive nilearn's EPI-mask opening
     affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = BIDS_BOLD_ORIGIN_MM
     trials = np.repeat(np.arange(n_images), repeats)
     per_run = int(np.ceil(trials.size / n_runs))
     n_vols = int(np.ceil((4.0 + per_run * spacing + 16.0) / tr))
-    for subject in subjects:
+    for index, subject in enumerate(subjects):
+        anat = root / subject / "anat" / f"{subject}_T1w.nii.gz"
+        _write_bids_t1w(anat, bids_scanner_to_mni(seed, index))
         func = root / subject / "func"
         func.mkdir(parents=True, exist_ok=True)
         amplitude = 2.0 * rng.normal(size=(n_images, int(brain.sum())))
