@@ -89,6 +89,8 @@ def test_stage_runs_both_strategies_at_every_missing_rate(fed_inputs, tmp_path):
     steps = json.loads((tmp_path / "steps.json").read_text())
     assert len(steps["pmcmfl_m50_round_accuracy"]) == TINY.rounds
     assert "pmcmfl_m50_round_accuracy_sub-01" in steps
+    val_uni = [v for _, v in steps["pmcmfl_m50_round_val_accuracy_uni"]]  # for model selection
+    assert len(val_uni) == TINY.rounds and all(0 <= v <= 1 for v in val_uni)
     assert (tmp_path / "plots" / "accuracy_vs_round.png").stat().st_size > 0
     assert "| pmcmfl | 0.5 |" in (tmp_path / "results.md").read_text()
 

@@ -94,19 +94,17 @@ class SiteClient(NumPyClient):
         return out, len(self.site.train), {"loss": loss, "site": self.index}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
-        """Test accuracy with complete inputs and with fMRI alone, and val accuracy."""
+        """Test and val accuracy, with complete inputs and with fMRI alone."""
         strategy = str(config["strategy"])
         self._load(parameters, strategy)
         test, val = self.site.test, self.site.val
-        uni = dataclasses.replace(
-            test, present=np.eye(len(MODALITIES), dtype=bool)[[0] * len(test)]
-        )
         metrics = {
             "site": self.index,
             "name": self.site.name,
             "accuracy": self.accuracy(test, strategy),
-            "accuracy_uni": self.accuracy(uni, strategy),
+            "accuracy_uni": self.accuracy(_fmri_only(test), strategy),
             "val_accuracy": self.accuracy(val, strategy),
+            "val_accuracy_uni": self.accuracy(_fmri_only(val), strategy),
             "n_val": len(val),
         }
         return 1.0 - metrics["accuracy"], len(test), metrics
@@ -213,6 +211,11 @@ class SiteClient(NumPyClient):
         filled = _fill(reps, present, strategy, protos, known, guess)
         pred = self.model.head(self.model.fuse(filled)).argmax(1)
         return float((pred == labels).float().mean())
+
+
+def _fmri_only(split: Split) -> Split:
+    """``split`` with the image and caption features marked missing (uni-modal inference)."""
+    return dataclasses.replace(split, present=np.eye(len(MODALITIES), dtype=bool)[[0] * len(split)])
 
 
 def _fill(

@@ -113,6 +113,7 @@ class SiteFedAvg(FedAvg):
         record["accuracy"] = _pooled(evals, "accuracy", test_items)
         record["accuracy_uni"] = _pooled(evals, "accuracy_uni", test_items)
         record["val_accuracy"] = _pooled(evals, "val_accuracy", val_items)
+        record["val_accuracy_uni"] = _pooled(evals, "val_accuracy_uni", val_items)
         for r in evals:
             record[f"accuracy_{r.metrics['name']}"] = float(r.metrics["accuracy"])
         self.rounds.append(record)
