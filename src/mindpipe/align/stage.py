@@ -263,19 +263,35 @@ def _register(
     sb: SubjectBetas,
     params: AlignParams,
 ) -> dict:
-    """Fit the subject's mapping and the operator that reads its betas at template ``points``."""
+    """Fit the subject's mapping and the operator that reads its betas at template ``points``;
+    keep the QC slices rather than the T1w image, which may be large."""
     aligner = params.aligner().fit(moving, template)
     subject_mm = aligner.template_to_subject(points)
     weights, coverage = voxels_operator(
         subject_mm, _bold_grid(betas_dir, sb.subject), sb.voxel_index
     )
+    planes = qc_planes(template)
     return {
-        "moving": moving,
         "aligner": aligner,
         "subject_mm": subject_mm,
         "weights": weights,
         "coverage": coverage,
+        "before": [sample_image(moving, p.reshape(-1, 3)).reshape(p.shape[:2]) for p in planes],
+        "after": [
+            sample_image(moving, aligner.template_to_subject(p.reshape(-1, 3))).reshape(p.shape[:2])
+            for p in planes
+        ],
     }
+
+
+def qc_planes(template: nib.Nifti1Image) -> list[np.ndarray]:
+    """mm coordinates ``(a, b, 3)`` of the template's sagittal, coronal and axial planes
+    through the centre of its non-zero voxels."""
+    data = np.asarray(template.dataobj)
+    centre = np.round(np.argwhere(data > 0).mean(axis=0)).astype(int)
+    ijk = np.moveaxis(np.indices(data.shape), 0, -1)
+    planes = [np.take(ijk, centre[axis], axis=axis) for axis in range(3)]
+    return [p @ template.affine[:3, :3].T + template.affine[:3, 3] for p in planes]
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -390,7 +406,7 @@ def _save_subject(
 
 
 def _qc_plot(path: Path, template: nib.Nifti1Image, mapped: dict[str, dict]) -> None:
-    """One row per subject: sagittal, coronal and axial slices of the template with the
+    """One row per subject: sagittal, coronal and axial planes of the template with the
     subject's T1w contours in red, before alignment (scanner mm read as template mm) and after."""
     import matplotlib
 
@@ -399,25 +415,21 @@ def _qc_plot(path: Path, template: nib.Nifti1Image, mapped: dict[str, dict]) -> 
     from scipy.ndimage import gaussian_filter
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tpl = np.asarray(template.dataobj, dtype=np.float32)
-    grid = Grid(tpl.shape, template.affine)
-    centre = np.round(np.argwhere(tpl > 0).mean(axis=0)).astype(int)
-    cuts = [(0, "sagittal"), (1, "coronal"), (2, "axial")]
+    tpl = [
+        sample_image(template, p.reshape(-1, 3)).reshape(p.shape[:2]) for p in qc_planes(template)
+    ]
+    names = ("sagittal", "coronal", "axial")
     fig, axes = plt.subplots(len(mapped), 6, figsize=(13, 2.3 * len(mapped)), squeeze=False)
     for row, (subject, m) in zip(axes, mapped.items(), strict=True):
-        # smoothed a little, so the contours follow tissue boundaries rather than scan noise
-        before = gaussian_filter(sample_image(m["moving"], grid.centres()).reshape(tpl.shape), 1)
-        after = gaussian_filter(m["aligner"].transform(m["moving"]), 1)
+        after = np.concatenate([a.ravel() for a in m["after"]])
         levels = np.quantile(after[after > 0], [0.25, 0.6]) if (after > 0).any() else [0.5]
-        for col, (img, when) in enumerate(((before, "before"), (after, "after"))):
-            for k, (axis, name) in enumerate(cuts):
+        for col, when in enumerate(("before", "after")):
+            for k, name in enumerate(names):
                 ax = row[3 * col + k]
-                ax.imshow(np.take(tpl, centre[axis], axis=axis).T, cmap="gray", origin="lower")
+                ax.imshow(tpl[k].T, cmap="gray", origin="lower")
+                # smoothed a little, so the contours follow tissue rather than scan noise
                 ax.contour(
-                    np.take(img, centre[axis], axis=axis).T,
-                    levels=levels,
-                    colors="r",
-                    linewidths=0.6,
+                    gaussian_filter(m[when][k], 1).T, levels=levels, colors="r", linewidths=0.6
                 )
                 ax.set_title(f"{subject} {when}, {name}", fontsize=8)
                 ax.axis("off")
