@@ -15,6 +15,7 @@ import pytest
 from contracts import check_estimator_contract
 from fakes import write_params
 from mindpipe.align import AlignParams, TemplateAligner, align
+from mindpipe.align.registration import anatomical_volume
 from mindpipe.align.resample import Grid, voxels_operator
 from mindpipe.align.stage import alignment_errors
 from mindpipe.cli import main
@@ -200,3 +201,11 @@ def test_params_are_checked() -> None:
         parse_section(AlignParams, {"affine_iters": [10, 0]}, "align")
     with pytest.raises(ParamsError, match=r"align\.min_coverage"):
         dataclasses.replace(AlignParams(), min_coverage=0.0)
+
+
+def test_anatomy_must_be_a_finite_volume() -> None:
+    assert anatomical_volume(np.zeros((4, 4, 4, 1)), "x").shape == (4, 4, 4)
+    with pytest.raises(DataError, match=r"'a\.nii': expected a 3-D anatomical image"):
+        anatomical_volume(np.zeros((4, 4)), "'a.nii'")
+    with pytest.raises(DataError, match=r"'a\.nii': holds NaN"):
+        anatomical_volume(np.full((2, 2, 2), np.nan), "'a.nii'")

@@ -167,7 +167,12 @@ class TemplateAligner(BaseEstimator):
 
 
 def _volume(img: nib.Nifti1Image, what: str) -> np.ndarray:
-    data = np.asarray(img.dataobj, dtype=np.float64)
+    return anatomical_volume(np.asarray(img.dataobj, dtype=np.float64), what)
+
+
+def anatomical_volume(data: np.ndarray, what: str) -> np.ndarray:
+    """``data`` as a 3-D volume (a trailing axis of length 1 dropped); a DataError naming
+    ``what`` if it is not 3-D or holds NaN or infinite values."""
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 from scipy import sparse
 
-from mindpipe.align.registration import TemplateAligner
+from mindpipe.align.registration import TemplateAligner, anatomical_volume
 from mindpipe.align.resample import Grid, covering_grid, sample_image, voxels_operator
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.io.adapters.common import load_nifti, nifti_data
@@ -227,13 +227,7 @@ def _load_anat(path: Path) -> nib.Nifti1Image:
     """A 3-D image read into memory; unreadable, wrong-shaped or non-finite data names the file."""
     img = load_nifti(path, "anatomical image")
     data = np.asarray(nifti_data(img, "anatomical image"), dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"expected a 3-D anatomical image, got shape {data.shape} in '{path}'")
-    if not np.isfinite(data).all():
-        raise DataError(f"anatomical image '{path}' holds NaN or infinite values")
-    return nib.Nifti1Image(data, img.affine)
+    return nib.Nifti1Image(anatomical_volume(data, f"anatomical image '{path}'"), img.affine)
 
 
 def _bold_grid(betas_dir: Path, subject: str) -> Grid:
