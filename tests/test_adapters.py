@@ -467,6 +467,7 @@ def test_bids_converts_to_the_internal_raw_layout(lab: Path, tmp_path: Path) -> 
     assert set(stimuli["category"]) == {"face", "house", "tool"}
     assert (stimuli["split"] == "test").sum() == 4
     assert bids.load_mask(data, "sub-01").sum() > 0  # nilearn's EPI brain mask
+    assert (data / "sub-01/anat/sub-01_T1w.nii.gz").is_file()  # kept for the align stage
 
 
 def test_bids_errors(lab: Path) -> None:
@@ -480,9 +481,14 @@ def test_bids_errors(lab: Path) -> None:
     mask = check_source("bids", lab, SourceParams(roi="masks/{subject}_mask.nii.gz"))
     assert any("mask (base.source.roi) not found" in p for p in mask.inspection.problems)
     events = lab / "sub-01/func/sub-01_task-vision_run-2_events.tsv"
-    pd.read_csv(events, sep="\t").drop(columns="stim_file").to_csv(events, sep="\t", index=False)
+    table = pd.read_csv(events, sep="\t")
+    table.drop(columns="stim_file").to_csv(events, sep="\t", index=False)
     report = check_source("bids", lab, SOURCE)
     assert any("lacks required column(s) ['stim_file']" in p for p in report.inspection.problems)
+    table.to_csv(events, sep="\t", index=False)
+    (lab / "sub-01/anat/sub-01_T1w.nii.gz").unlink()
+    problems = check_source("bids", lab, SOURCE).inspection.problems
+    assert any("sub-01: no T1w image for the align stage" in p for p in problems)
 
 
 def test_bids_truncated_bold_is_named_and_leaves_nothing(lab: Path, tmp_path: Path) -> None:
