@@ -140,13 +140,15 @@ def align(
     anat = {s: find_t1w(data_dir, s) for s in subjects}  # all missing files named up front
     template_name, template = load_template(data_dir, params)
     betas = {s: load_betas(betas_dir, s) for s in subjects}
-    voxel_mm = params.voxel_mm or _bold_grid(betas_dir, subjects[0]).voxel_mm
+    bold = {s: _bold_grid(betas_dir, s) for s in subjects}
+    voxel_mm = params.voxel_mm or bold[subjects[0]].voxel_mm
     grid = covering_grid(np.asarray(template.dataobj), template.affine, voxel_mm)
     points = grid.centres()
+    planes = qc_planes(template)
     truth = _truth_transforms(data_dir, subjects)
 
     mapped = {
-        s: _register(_load_anat(anat[s]), template, points, betas_dir, betas[s], params)
+        s: _register(_load_anat(anat[s]), template, points, planes, bold[s], betas[s], params)
         for s in progress(subjects, desc="align: subjects")
     }
     covered = {s: m["coverage"] >= params.min_coverage for s, m in mapped.items()}
@@ -162,7 +164,7 @@ def align(
     for subject, m in mapped.items():
         _save_subject(out_dir / subject, betas[subject], m, roi, covered[subject], grid, params)
         metrics[f"{subject}.coverage"] = float(covered[subject][roi].mean())
-    metrics |= _agreement(betas, mapped, points, betas_dir, params.min_coverage)
+    metrics |= _agreement(betas, mapped, points, bold, params.min_coverage)
     errors = {
         s: alignment_errors(m["aligner"], points[covered[s]], truth[s])
         for s, m in mapped.items()
@@ -175,7 +177,7 @@ def align(
             metrics[f"error_{key}_mm"] = float(np.mean([e[key] for e in errors.values()]))
         metrics["error_final_voxels"] = metrics["error_final_mm"] / grid.voxel_mm
         _error_plot(out_dir / "plots" / "alignment_error.png", errors, grid.voxel_mm)
-    _qc_plot(out_dir / "plots" / "qc.png", template, mapped)
+    _qc_plot(out_dir / "plots" / "qc.png", template, planes, mapped)
     (out_dir / "alignment.md").write_text(
         _report(template_name, grid, roi.size, metrics, errors, params)
     )
@@ -253,18 +255,17 @@ def _register(
     moving: nib.Nifti1Image,
     template: nib.Nifti1Image,
     points: np.ndarray,
-    betas_dir: Path,
+    planes: list[np.ndarray],
+    bold: Grid,
     sb: SubjectBetas,
     params: AlignParams,
 ) -> dict:
-    """Fit the subject's mapping and the operator that reads its betas at template ``points``;
-    keep the QC slices rather than the T1w image, which may be large."""
+    """Fit the subject's mapping and the operator that reads its betas (on its ``bold`` grid)
+    at template ``points``; keep the T1w sampled on the QC ``planes`` rather than the image,
+    which may be large."""
     aligner = params.aligner().fit(moving, template)
     subject_mm = aligner.template_to_subject(points)
-    weights, coverage = voxels_operator(
-        subject_mm, _bold_grid(betas_dir, sb.subject), sb.voxel_index
-    )
-    planes = qc_planes(template)
+    weights, coverage = voxels_operator(subject_mm, bold, sb.voxel_index)
     return {
         "aligner": aligner,
         "subject_mm": subject_mm,
@@ -283,9 +284,13 @@ def qc_planes(template: nib.Nifti1Image) -> list[np.ndarray]:
     through the centre of its non-zero voxels."""
     data = np.asarray(template.dataobj)
     centre = np.round(np.argwhere(data > 0).mean(axis=0)).astype(int)
-    ijk = np.moveaxis(np.indices(data.shape), 0, -1)
-    planes = [np.take(ijk, centre[axis], axis=axis) for axis in range(3)]
-    return [p @ template.affine[:3, :3].T + template.affine[:3, 3] for p in planes]
+    planes = []
+    for axis in range(3):
+        axes = [np.arange(n) for n in data.shape]
+        axes[axis] = centre[axis : axis + 1]  # the plane: one index along ``axis``
+        ijk = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).squeeze(axis)
+        planes.append(ijk @ template.affine[:3, :3].T + template.affine[:3, 3])
+    return planes
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -293,14 +298,11 @@ def _agreement(
     betas: dict[str, SubjectBetas],
     mapped: dict[str, dict],
     points: np.ndarray,
-    betas_dir: Path,
+    bold: dict[str, Grid],
     min_coverage: float,
 ) -> dict[str, float]:
     """Cross-subject agreement with and without alignment (see :func:`cross_subject_r`)."""
-    unaligned = {
-        s: voxels_operator(points, _bold_grid(betas_dir, s), sb.voxel_index)
-        for s, sb in betas.items()
-    }
+    unaligned = {s: voxels_operator(points, bold[s], sb.voxel_index) for s, sb in betas.items()}
     aligned = {s: (m["weights"], m["coverage"]) for s, m in mapped.items()}
     out = {}
     for key, operators in (("cross_subject_r", aligned), ("cross_subject_r_unaligned", unaligned)):
@@ -399,7 +401,9 @@ def _save_subject(
     )
 
 
-def _qc_plot(path: Path, template: nib.Nifti1Image, mapped: dict[str, dict]) -> None:
+def _qc_plot(
+    path: Path, template: nib.Nifti1Image, planes: list[np.ndarray], mapped: dict[str, dict]
+) -> None:
     """One row per subject: sagittal, coronal and axial planes of the template with the
     subject's T1w contours in red, before alignment (scanner mm read as template mm) and after."""
     import matplotlib
@@ -409,9 +413,7 @@ def _qc_plot(path: Path, template: nib.Nifti1Image, mapped: dict[str, dict]) -> 
     from scipy.ndimage import gaussian_filter
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tpl = [
-        sample_image(template, p.reshape(-1, 3)).reshape(p.shape[:2]) for p in qc_planes(template)
-    ]
+    tpl = [sample_image(template, p.reshape(-1, 3)).reshape(p.shape[:2]) for p in planes]
     names = ("sagittal", "coronal", "axial")
     fig, axes = plt.subplots(len(mapped), 6, figsize=(13, 2.3 * len(mapped)), squeeze=False)
     for row, (subject, m) in zip(axes, mapped.items(), strict=True):
