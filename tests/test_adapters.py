@@ -488,7 +488,7 @@ def test_bids_errors(lab: Path) -> None:
     table.to_csv(events, sep="\t", index=False)
     (lab / "sub-01/anat/sub-01_T1w.nii.gz").unlink()
     problems = check_source("bids", lab, SOURCE).inspection.problems
-    assert any("sub-01: no T1w image for the align stage" in p for p in problems)
+    assert any("sub-01: no T1w image, which the align stage registers" in p for p in problems)
 
 
 def test_bids_truncated_bold_is_named_and_leaves_nothing(lab: Path, tmp_path: Path) -> None:

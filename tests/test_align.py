@@ -167,7 +167,7 @@ def _align(data: Path, aligned: Path, out: Path) -> dict[str, float]:
 
 def test_a_subject_without_anatomy_is_named(aligned: Path, twin_tiny: Path, tmp_path) -> None:
     data = _twin_without(twin_tiny, "sub-02", tmp_path / "data")
-    with pytest.raises(DataError, match=r"sub-02 has preprocessed betas but no anatomical image"):
+    with pytest.raises(DataError, match=r"sub-02: no T1w image, which the align stage registers"):
         _align(data, aligned, tmp_path / "out")
 
 

@@ -37,7 +37,7 @@ from mindpipe.align.resample import Grid, covering_grid, sample_image, voxels_op
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.io.adapters.common import load_nifti, nifti_data
 from mindpipe.io.betas import SubjectBetas, list_subjects, load_betas, load_meta
-from mindpipe.io.bids import SPLITS
+from mindpipe.io.bids import SPLITS, find_t1w
 from mindpipe.io.trials import BETAS_DATASETS
 from mindpipe.params import BaseParams
 from mindpipe.twin.writer import TRUTH_DIR
@@ -137,7 +137,7 @@ def align(
         return {"available": 0.0}
     start = time.perf_counter()
     subjects = list_subjects(betas_dir)
-    anat = {s: find_t1w(data_dir, s) for s in subjects}  # all missing files named up front
+    anat = {s: find_t1w(data_dir, s) for s in subjects}  # a missing one is named up front
     template_name, template = load_template(data_dir, params)
     betas = {s: load_betas(betas_dir, s) for s in subjects}
     bold = {s: _bold_grid(betas_dir, s) for s in subjects}
@@ -195,19 +195,6 @@ def align(
 
 
 # ---------------------------------------------------------------------------------- inputs
-def find_t1w(data_dir: Path, subject: str) -> Path:
-    """The subject's T1w image (``sub-XX/**/anat/*_T1w.nii.gz``); the first if several."""
-    found = sorted((data_dir / subject).glob("**/anat/*_T1w.nii.gz"))
-    if not found:
-        raise DataError(
-            f"{subject} has preprocessed betas but no anatomical image to align: expected "
-            f"'{data_dir / subject / 'anat' / f'{subject}_T1w.nii.gz'}'"
-        )
-    if len(found) > 1:
-        logger.warning("%s has %d T1w images; aligning '%s'", subject, len(found), found[0])
-    return found[0]
-
-
 def load_template(data_dir: Path, params: AlignParams) -> tuple[str, nib.Nifti1Image]:
     """The template's name and T1w image, as ``params.template`` asks."""
     own = sorted((data_dir / "template").glob("*_T1w.nii.gz"))

@@ -549,6 +549,23 @@ def check_same_grid(
         )
 
 
+T1W_GLOB = "**/anat/*_T1w.nii.gz"  # a subject's anatomy, in any session folder
+
+
+def find_t1w(folder: str | Path, subject: str) -> Path:
+    """``subject``'s T1w image under ``folder`` (``sub-XX/[ses-XX/]anat/*_T1w.nii.gz``; the
+    first if several). The align stage registers it to the template; none is a DataError."""
+    found = sorted((Path(folder) / subject).glob(T1W_GLOB))
+    if not found:
+        raise DataError(
+            f"{subject}: no T1w image, which the align stage registers to the template: "
+            f"expected '{Path(folder) / subject}/[ses-<label>/]anat/{subject}_T1w.nii.gz'"
+        )
+    if len(found) > 1:
+        logger.warning("%s has %d T1w images; using '%s'", subject, len(found), found[0])
+    return found[0]
+
+
 def mask_path(data_dir: str | Path, subject: str) -> Path:
     """``sub-XX/func/sub-XX_desc-visual_mask.nii.gz``."""
     return Path(data_dir) / subject / "func" / f"{subject}_desc-visual_mask.nii.gz"

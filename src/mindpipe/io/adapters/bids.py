@@ -45,7 +45,7 @@ from mindpipe.io.adapters.common import (
     write_stimuli,
     write_table,
 )
-from mindpipe.io.bids import header_tr, read_tsv
+from mindpipe.io.bids import T1W_GLOB, find_t1w, header_tr, read_tsv
 from mindpipe.params import SourceParams
 from mindpipe.utils import progress, write_json
 
@@ -160,19 +160,8 @@ def _inspect_subject(source: Path, subject: str, params: SourceParams) -> list[_
             )
     if params.roi:
         _check_mask(source / params.roi.format(subject=subject), runs[0])
-    _check_anat(source, subject)
+    load_nifti(find_t1w(source, subject), "T1w")  # the header must read; align reads the data
     return runs
-
-
-def _check_anat(source: Path, subject: str) -> None:
-    """The align stage registers each subject's T1w image to MNI152: it must be there."""
-    t1w = sorted((source / subject).glob("**/anat/*_T1w.nii.gz"))
-    if not t1w:
-        raise DataError(
-            f"{subject}: no T1w image for the align stage: expected "
-            f"'{source / subject}/[ses-<label>/]anat/{subject}_T1w.nii.gz'"
-        )
-    load_nifti(t1w[0], "T1w")  # the header must read; align checks the data
 
 
 def _repetition_time(source: Path, bold: Path, task: str, img: nib.Nifti1Image) -> float:
@@ -307,7 +296,7 @@ def _write_run(run: _Run, func: Path, stim_of: dict[str, int], file_of: dict[str
 
 def _link_anat(source_subject: Path, target_subject: Path) -> None:
     """Keep the T1w images (the ``align`` stage reads them)."""
-    for t1 in sorted(source_subject.glob("**/anat/*_T1w.nii.gz")):
+    for t1 in sorted(source_subject.glob(T1W_GLOB)):
         link_or_copy(t1, target_subject / "anat" / t1.name)
 
 
