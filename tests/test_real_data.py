@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from fakes import TINY_MODELS, write_params
+from mindpipe.align.resample import Grid
 from mindpipe.cli import ensure_data, main
 from mindpipe.exceptions import DataError
 from mindpipe.io.adapters import miniature
@@ -150,11 +151,10 @@ def test_lab_bids_dataset_through_the_glm_and_the_dag(tmp_path: Path) -> None:
     assert meta["glm"]["method"] == "lss" and meta["n_runs"] == 3
     # alignment to nilearn's MNI152: the template voxels land where the subject's scanner
     # space truly puts them (the miniature's T1w is MNI152 under a known mapping)
-    assert "MNI152" in json.loads(Path("artifacts/align/alignment.json").read_text())["template"]
-    grid = json.loads(Path("artifacts/align/alignment.json").read_text())["grid"]
-    index = np.load("artifacts/align/sub-01/voxel_index.npy")
-    ijk = np.column_stack(np.unravel_index(index, grid["shape"]))
-    template_mm = ijk @ np.asarray(grid["affine"])[:3, :3].T + np.asarray(grid["affine"])[:3, 3]
+    alignment = json.loads(Path("artifacts/align/alignment.json").read_text())
+    assert "MNI152" in alignment["template"]
+    grid = Grid(tuple(alignment["grid"]["shape"]), np.asarray(alignment["grid"]["affine"]))
+    template_mm = grid.centres(np.load("artifacts/align/sub-01/voxel_index.npy"))
     subject_mm = np.load("artifacts/align/sub-01/template_to_subject_mm.npy")
     truth = miniature.bids_scanner_to_mni(0, 0)
     error = np.linalg.norm(subject_mm @ truth[:3, :3].T + truth[:3, 3] - template_mm, axis=1)
