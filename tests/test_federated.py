@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from mindpipe.exceptions import ParamsError
 from mindpipe.federated.client import LocalTraining, SiteClient
 from mindpipe.federated.data import load_sites, skew_and_mask
 from mindpipe.io import read_stimuli
@@ -184,15 +185,26 @@ def test_flower_simulation_engine_matches_the_inprocess_engine(fed_inputs, tmp_p
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_prototype_noise_stops_pmcmfl_leaning_on_filled_slots(fed_inputs, tmp_path):
-    """Clean class-mean prototypes in missing slots hurt complete-input accuracy; noise at the
-    real representations' spread removes the shortcut (compared on val, 20 rounds)."""
-    sites, classes = load_sites(*fed_inputs)
-    sites = [skew_and_mask(site, len(classes), 1.0, 0.5, seed=i) for i, site in enumerate(sites)]
-    val = {}
-    for noise in (0.0, 1.0):
-        local = dataclasses.replace(TINY.local, prototype_noise=noise)
-        params = dataclasses.replace(TINY, rounds=20, local=local)
-        history, _ = run_federation(sites, len(classes), "pmcmfl", params, 0, tmp_path / str(noise))
-        val[noise] = history.rounds[-1]["val_accuracy"]
-    assert val[1.0] > val[0.0] + 0.08, val
+def test_caption_and_image_features_are_standardised_with_training_statistics(fed_inputs):
+    """Each feature dimension has mean 0 and sd 1 over the (unique) training stimuli; val and
+    test go through the same transform, not one refitted on themselves."""
+    betas_dir, features_dir = fed_inputs
+    sites, _ = load_sites(betas_dir, features_dir)
+    with h5py.File(features_dir / "features.h5") as f:
+        raw = dict(zip(f["stim_id"][:], f["image_pooled"][:], strict=True))
+    train_stim = np.unique(np.load(betas_dir / "sub-01" / "stim_train.npy"))
+    seen_rows = {tuple(np.round(r, 5)) for s in sites for r in s.train.image}
+    assert len(seen_rows) == len(train_stim)  # every site shows the same training images
+    train = np.array(sorted(seen_rows))
+    np.testing.assert_allclose(train.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(train.std(0), 1.0, atol=1e-3)
+    stats = np.array([raw[s] for s in train_stim])
+    test_stim = np.load(betas_dir / "sub-01" / "stim_test.npy")[0]
+    expected = (raw[test_stim] - stats.mean(0)) / (stats.std(0) + 1e-6)
+    np.testing.assert_allclose(sites[0].test.image[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_fmri_dropout_outside_unit_interval_is_refused(value):
+    with pytest.raises(ParamsError, match=r"federated\.fmri_dropout"):
+        FederatedParams(fmri_dropout=value)

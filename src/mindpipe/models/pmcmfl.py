@@ -31,10 +31,17 @@ class PmcmFLConfig:
     n_classes: int
     dim: int = 64
     dropout: float = 0.1
+    fmri_input_dropout: float = 0.5  # MindEye's MLP drops half its input voxels too
 
 
-def _encoder(n_in: int, dim: int, dropout: float) -> nn.Module:
-    return nn.Sequential(nn.Linear(n_in, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+def _encoder(n_in: int, dim: int, dropout: float, input_dropout: float = 0.0) -> nn.Module:
+    return nn.Sequential(
+        nn.Dropout(input_dropout),
+        nn.Linear(n_in, dim),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(dim, dim),
+    )
 
 
 class PmcmFLClassifier(nn.Module):
@@ -43,7 +50,9 @@ class PmcmFLClassifier(nn.Module):
     def __init__(self, cfg: PmcmFLConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.fmri = _encoder(cfg.n_voxels, cfg.dim, cfg.dropout)
+        # Input dropout keeps the site's fMRI encoder from memorising its training items, which
+        # would leave the shared image and caption encoders little gradient.
+        self.fmri = _encoder(cfg.n_voxels, cfg.dim, cfg.dropout, cfg.fmri_input_dropout)
         self.image = _encoder(cfg.feature_dim, cfg.dim, cfg.dropout)
         self.text = _encoder(cfg.feature_dim, cfg.dim, cfg.dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(cfg.dim) for _ in MODALITIES)

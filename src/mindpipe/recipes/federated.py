@@ -42,6 +42,7 @@ class FederatedParams:
     clients_per_round: int = 3
     local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
     dim: int = 64
+    fmri_dropout: float = 0.5
     dirichlet_alpha: float = 1.0
     fail_site: int = -1
     fail_round: int = 0
@@ -52,6 +53,8 @@ class FederatedParams:
             raise ParamsError(f"federated.strategies: unknown {sorted(unknown)}; use {STRATEGIES}")
         if self.engine not in ENGINES:
             raise ParamsError(f"federated.engine: unknown {self.engine!r}; use one of {ENGINES}")
+        if not 0.0 <= self.fmri_dropout < 1.0:
+            raise ParamsError(f"federated.fmri_dropout must lie in [0, 1); got {self.fmri_dropout}")
         if not all(0.0 <= p < 1.0 for p in self.missing_rates):
             raise ParamsError(
                 f"federated.missing_rates must lie in [0, 1); got {self.missing_rates}"
@@ -72,7 +75,13 @@ def make_client(
     own fMRI encoder resumes from ``state_dir/<site>.safetensors`` once it has trained."""
     site = sites[index]
     torch.manual_seed(seed)
-    cfg = PmcmFLConfig(site.n_voxels, feature_dim, n_classes, dim=params.dim)
+    cfg = PmcmFLConfig(
+        site.n_voxels,
+        feature_dim,
+        n_classes,
+        dim=params.dim,
+        fmri_input_dropout=params.fmri_dropout,
+    )
     fail = params.fail_round if index == params.fail_site else 0
     state_file = Path(state_dir) / f"{site.name}.safetensors"
     return SiteClient(
