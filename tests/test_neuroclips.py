@@ -127,6 +127,7 @@ def test_gif_has_every_frame_and_lasts_frames_over_fps(tmp_path):
         ({"subjects": ()}, "neuroclips.subjects"),
         ({"blurry_size": 2}, "neuroclips.blurry_size"),
         ({"video": VideoTrain(blurry_strength=0.0)}, "neuroclips.video.blurry_strength"),
+        ({"keyframe_strength": 1.5}, "neuroclips.keyframe_strength"),
         ({"video": VideoTrain(blurry_contrast_min=2.0)}, "neuroclips.video.blurry_contrast_min"),
         ({"perception": PerceptionTrain(loss="huber")}, "neuroclips.perception.loss"),
         ({"pretrained": PretrainedVideo(stable_diffusion="sd")}, "neuroclips.pretrained"),

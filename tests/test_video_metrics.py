@@ -14,11 +14,13 @@ from mindpipe.evaluate.video_metrics import (
     clip_pcc,
     frame_psnr,
     frame_ssim,
+    frame_ssim_per_clip,
     frames_at_fps,
     n_way_chance,
     n_way_features,
     n_way_top1,
     st_ssim,
+    st_ssim_per_clip,
 )
 
 
@@ -46,6 +48,17 @@ def test_noisy_copy_ranks_above_an_unrelated_video(clips):
     assert frame_ssim(other, clips) < frame_ssim(noisy, clips) < 1.0
     assert st_ssim(other, clips) < st_ssim(noisy, clips) < 1.0
     assert frame_psnr(other, clips) < frame_psnr(noisy, clips) < PSNR_CAP_DB
+
+
+def test_per_clip_ssim_scores_each_clip_alone_and_averages_to_the_metric(clips):
+    pred = clips.copy()
+    pred[1] = _moving_clips(1, seed=7)[0]  # only clip 1 is wrong
+    for per_clip, mean in ((frame_ssim_per_clip, frame_ssim), (st_ssim_per_clip, st_ssim)):
+        scores = per_clip(pred, clips)
+        assert scores.shape == (3,)
+        assert scores[[0, 2]] == pytest.approx(1.0)
+        assert scores[1] < 0.9
+        assert scores.mean() == pytest.approx(mean(pred, clips))
 
 
 def test_unrelated_noise_videos_have_ssim_near_zero():

@@ -51,20 +51,26 @@ def pixcorr(recon: np.ndarray, truth: np.ndarray, size: int = MINDEYE2_SIZE) -> 
 
 def ssim(recon: np.ndarray, truth: np.ndarray, size: int = MINDEYE2_SIZE) -> float:
     """Mean 2-D Gaussian SSIM of the grayscale images at ``size`` x ``size`` (1 = identical)."""
+    return float(np.mean(ssim_per_image(recon, truth, size)))
+
+
+def ssim_per_image(recon: np.ndarray, truth: np.ndarray, size: int = MINDEYE2_SIZE) -> np.ndarray:
+    """Each pair's SSIM as :func:`ssim` scores it, shape ``(N,)``."""
     _check_images(recon, truth)
     a, b = rgb2gray(resize_images(recon, size)), rgb2gray(resize_images(truth, size))
-    scores = [
-        structural_similarity(
-            x,
-            y,
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-            data_range=1.0,
-        )
-        for x, y in zip(a, b, strict=True)
-    ]
-    return float(np.mean(scores))
+    return np.array(
+        [
+            structural_similarity(
+                x,
+                y,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=1.0,
+            )
+            for x, y in zip(a, b, strict=True)
+        ]
+    )
 
 
 def two_way_identification(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -11,6 +11,7 @@ indices (with equal N per index this equals the pooled mean). Classifiers (ViT, 
 run upstream; the functions here take the probabilities and embeddings they produce.
 
 * ``frame_ssim``: 2-D grayscale Gaussian SSIM per frame at native resolution.
+  ``frame_ssim_per_clip`` and ``st_ssim_per_clip`` give each clip's score, for paired comparisons.
 * ``frame_psnr``: per-frame PSNR over all pixels and channels, capped at ``PSNR_CAP_DB``.
 * ``st_ssim``: the same Gaussian SSIM over each grayscale clip as one (F, H, W) volume.
 * ``clip_pcc``: "CLIP-pcc", the mean cosine of CLIP embeddings of adjacent predicted frames.
@@ -74,7 +75,12 @@ def _check_ssim_extent(shape: tuple[int, ...], axes: str) -> None:
 
 
 def frame_ssim(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Frame-level SSIM: 2-D grayscale Gaussian SSIM per frame, mean over clips then frames.
+    """Frame-level SSIM: the mean of :func:`frame_ssim_per_clip` (equal frames per clip)."""
+    return float(np.mean(frame_ssim_per_clip(pred, truth)))
+
+
+def frame_ssim_per_clip(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Frame-level SSIM of each clip: 2-D grayscale Gaussian SSIM per frame, mean over frames.
 
     Each frame is converted to ITU-R 709 luma (``skimage.color.rgb2gray``) and scored with
     ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
@@ -96,8 +102,8 @@ def frame_ssim(pred: np.ndarray, truth: np.ndarray) -> float:
 
     Returns
     -------
-    float
-        Mean SSIM (1 = identical).
+    np.ndarray
+        ``(N,)`` mean SSIM over each clip's frames (1 = identical).
     """
     pred, truth = _check_videos(pred, truth)
     _check_ssim_extent(pred.shape[:4], "HW")
@@ -106,10 +112,10 @@ def frame_ssim(pred: np.ndarray, truth: np.ndarray) -> float:
         # image_metrics.ssim resizes to a square; a non-square frame would be distorted, not scored
         raise ValueError(f"'pred'/'truth' frames must be square (H == W); got shape {pred.shape}")
     per_index = [
-        image_metrics.ssim(p, t, size=size)
+        image_metrics.ssim_per_image(p, t, size=size)
         for p, t in zip(pred.swapaxes(0, 1), truth.swapaxes(0, 1), strict=True)
     ]
-    return float(np.mean(per_index))
+    return np.mean(per_index, axis=0)
 
 
 def frame_psnr(pred: np.ndarray, truth: np.ndarray, data_range: float = 1.0) -> float:
@@ -147,12 +153,16 @@ def frame_psnr(pred: np.ndarray, truth: np.ndarray, data_range: float = 1.0) -> 
 
 
 def st_ssim(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Spatiotemporal SSIM: the mean of :func:`st_ssim_per_clip`."""
+    return float(np.mean(st_ssim_per_clip(pred, truth)))
+
+
+def st_ssim_per_clip(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Spatiotemporal SSIM: Gaussian SSIM over each grayscale clip as one (F, H, W) volume.
 
     Each clip is converted to luma and scored by ``structural_similarity`` on the 3-D array with
     ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1``, so the
-    Gaussian window also spans time (sigma 1.5 frames) and temporal structure counts. Mean over
-    clips.
+    Gaussian window also spans time (sigma 1.5 frames) and temporal structure counts.
 
     skimage 0.26 uses an 11-sample window on every axis and averages only over positions at least 5
     samples from each border, so F, H and W must each be >= 11; with fewer frames it raises (its
@@ -168,16 +178,17 @@ def st_ssim(pred: np.ndarray, truth: np.ndarray) -> float:
 
     Returns
     -------
-    float
-        Mean SSIM (1 = identical).
+    np.ndarray
+        ``(N,)`` SSIM of each clip (1 = identical).
     """
     pred, truth = _check_videos(pred, truth)
     _check_ssim_extent(pred.shape[:4], "FHW")
-    scores = [
-        structural_similarity(rgb2gray(p), rgb2gray(t), **_SSIM_KWARGS)
-        for p, t in zip(pred, truth, strict=True)
-    ]
-    return float(np.mean(scores))
+    return np.array(
+        [
+            structural_similarity(rgb2gray(p), rgb2gray(t), **_SSIM_KWARGS)
+            for p, t in zip(pred, truth, strict=True)
+        ]
+    )
 
 
 def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:

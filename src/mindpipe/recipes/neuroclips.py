@@ -3,11 +3,12 @@
 Per subject, on the dataset's video paradigm (``data/video``, CC2017-like clips at 8 FPS):
 
 1. **Perception Reconstructor** (``models/perception.py``): fMRI -> a blurry low-resolution
-   video (3 FPS, ``blurry_size`` px), L1 against the downsampled clips; epoch chosen on val.
+   video (3 FPS, ``blurry_size`` px) fitted to the downsampled clips (``perception.loss``);
+   epoch chosen on val.
 2. **Semantics Reconstructor**: fMRI -> the CLIP embedding of the clip's keyframe (its first
    frame), MindEye's residual MLP trained contrastively (``recipes/contrastive.py``, epoch
-   chosen on val); the keyframe image comes from the ``reconstruct`` stage's unCLIP generator
-   and the caption by retrieval among the training captions.
+   chosen on val); the keyframe image comes from the ``reconstruct`` stage's unCLIP generator,
+   started from the first blurry frame, and the caption by retrieval among the training captions.
 3. **Video synthesis** (``models/video_diffusion.py``): an AnimateDiff-style motion UNet with a
    SparseCtrl-style control net, trained once on the training clips (not on any subject), is
    conditioned on the keyframe and the blurry video and prompted with the decoded embedding;
@@ -15,11 +16,13 @@ Per subject, on the dataset's video paradigm (``data/video``, CC2017-like clips 
 
 Test clips are scored (``evaluate/video_metrics.py``) for the full model, the paper's
 ablations (no keyframe, no blurry video), the blurry video alone and a retrieval baseline that
-shows the training clip whose keyframe embedding is nearest to the decoded one.
+shows the training clip whose keyframe embedding is nearest to the decoded one; SSIM and
+ST-SSIM also clip by clip, the full model against each of the others (``evaluate/paired.py``).
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import logging
@@ -35,6 +38,7 @@ from diffusers import AnimateDiffSparseControlNetPipeline
 from PIL import Image
 
 from mindpipe.evaluate import video_metrics as vm
+from mindpipe.evaluate.paired import paired_difference
 from mindpipe.evaluate.retrieval import cosine_similarity
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.features.encoders import MLIPEncoder
@@ -62,6 +66,7 @@ from mindpipe.utils import progress, write_json
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("neuroclips", "no_keyframe", "no_blurry", "blurry_only", "retrieval")
+PAIRED_METRICS = ("ssim", "st_ssim")  # compared clip by clip: the full model vs each variant
 METRIC_FPS = 3  # NeuroClips scores its 8-FPS videos at 3 FPS (6 frames per 2-s clip)
 
 
@@ -115,7 +120,8 @@ class NeuroClipsParams:
     video: VideoTrain = dataclasses.field(default_factory=VideoTrain)
     pretrained: PretrainedVideo = dataclasses.field(default_factory=PretrainedVideo)
     keyframe_steps: int = 10
-    classifier_epochs: int = 4
+    keyframe_strength: float = 0.7  # img2img from the first blurry frame (1: from noise)
+    classifier_epochs: int = 100
     n_way: tuple[int, ...] = (2, 50)
     n_way_trials: int = 100
     gif_clips: int = 4
@@ -124,11 +130,12 @@ class NeuroClipsParams:
     def __post_init__(self) -> None:
         if not self.subjects:
             raise ParamsError("neuroclips.subjects: name at least one subject")
-        if not 0.0 < self.video.blurry_strength <= 1.0:
-            raise ParamsError(
-                f"neuroclips.video.blurry_strength must be in (0, 1]; got "
-                f"{self.video.blurry_strength}"
-            )
+        for name, value in (
+            ("video.blurry_strength", self.video.blurry_strength),
+            ("keyframe_strength", self.keyframe_strength),
+        ):
+            if not 0.0 < value <= 1.0:
+                raise ParamsError(f"neuroclips.{name} must be in (0, 1]; got {value}")
         folders = dataclasses.asdict(self.pretrained)
         del folders["guidance_scale"]
         missing = [k for k, v in folders.items() if v is None]
@@ -403,14 +410,19 @@ class Scorer:
     params: NeuroClipsParams
     seed: int
 
-    def __call__(self, pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-        """Metrics of uint8 videos ``(N, F, H, W, 3)``; frame-level ones at 3 FPS."""
+    def __call__(
+        self, pred: np.ndarray, truth: np.ndarray
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Metrics of uint8 videos ``(N, F, H, W, 3)``, frame-level ones at 3 FPS, and each
+        clip's ``PAIRED_METRICS`` (for the paired comparisons)."""
         idx = vm.frame_indices(pred.shape[1], self.fps, METRIC_FPS)
         p, t = pred.astype(np.float64) / 255.0, truth.astype(np.float64) / 255.0
-        scores = {
-            "ssim": vm.frame_ssim(p[:, idx], t[:, idx]),
+        per_clip = {
+            "ssim": vm.frame_ssim_per_clip(p[:, idx], t[:, idx]),
+            "st_ssim": vm.st_ssim_per_clip(p, t),
+        }
+        scores = {k: float(v.mean()) for k, v in per_clip.items()} | {
             "psnr": vm.frame_psnr(p[:, idx], t[:, idx]),
-            "st_ssim": vm.st_ssim(p, t),
             "clip_pcc": vm.clip_pcc(self._embed(pred[:, idx])),
         }
         pred_probs = self._probs(pred[:, idx])
@@ -421,7 +433,7 @@ class Scorer:
             scores[f"frame_{n}way"] = vm.n_way_top1(
                 pred_probs, truth_probs, n, self.params.n_way_trials, self.seed
             )
-        return scores
+        return scores, per_clip
 
     def _embed(self, frames: np.ndarray) -> np.ndarray:
         n, f = frames.shape[:2]
@@ -545,6 +557,7 @@ def neuroclips(
         "frame_classifier.val_category_accuracy": classifier_accuracy,
     }
     per_subject: dict[str, dict[str, float]] = {}
+    per_clip: dict[tuple[str, str], list[np.ndarray]] = collections.defaultdict(list)
     for subject in progress(params.subjects, desc="neuroclips subjects"):
         sb = load_betas(Path(betas_dir) / VIDEO_DATASET, subject)
         target = {
@@ -580,11 +593,20 @@ def neuroclips(
         similarity = cosine_similarity(embedding.numpy(), train_keys.numpy())
         nearest = train_ids[similarity.argmax(axis=1)]
         captions = train_captions[similarity.argmax(axis=1)]
+        blurry = expand_blurry(perceive(perception, sb.betas["test"], device), n_frames, size)
+        # As the paper describes (its released code starts from noise): the keyframe starts
+        # from the first blurry frame, so it inherits the decoded layout.
+        first_blurry = resize_frames(blurry[:, :1], generator.config.image_size)[:, 0]
         keyframe = resize_frames(
-            generator.sample(embedding.to(device), params.keyframe_steps, base.seed).cpu()[:, None],
+            generator.sample(
+                embedding.to(device),
+                params.keyframe_steps,
+                base.seed,
+                blurry=first_blurry.to(device),
+                strength=params.keyframe_strength,
+            ).cpu()[:, None],
             size,
         )[:, 0]
-        blurry = expand_blurry(perceive(perception, sb.betas["test"], device), n_frames, size)
         render = partial(
             synthesize,
             video_model,
@@ -602,7 +624,11 @@ def neuroclips(
             "retrieval": clips[rows(nearest)],
         }
         videos_u8 = {name: to_uint8(v) for name, v in videos.items()}
-        scores = {name: scorer(v, truth) for name, v in videos_u8.items()}
+        scores = {}
+        for name, video in videos_u8.items():
+            scores[name], clip_scores = scorer(video, truth)
+            for metric, values in clip_scores.items():
+                per_clip[name, metric].append(values)
         scores["semantics"] = {
             "val_top1": sr.val_top1,
             "caption_category_match": float(
@@ -631,6 +657,7 @@ def neuroclips(
         )
     for key in next(iter(per_subject.values())):
         metrics[key] = float(np.mean([s[key] for s in per_subject.values()]))
+    metrics |= paired_comparisons(per_clip, base.seed)
     metrics["seconds"] = time.perf_counter() - start
     _write_results(out_dir / "results.md", metrics, params)
     first = out_dir / "videos" / params.subjects[0]
@@ -680,6 +707,23 @@ def _write_subject_outputs(
     save_checkpoint(out_dir / "models" / subject / "semantics", semantics)
 
 
+def paired_comparisons(
+    per_clip: dict[tuple[str, str], list[np.ndarray]], seed: int
+) -> dict[str, float]:
+    """The full model against each other variant, clip by clip over every subject's test clips:
+    ``paired.<variant>.<metric>.{mean,win_rate,ci_low,ci_high}`` (full minus variant)."""
+    out: dict[str, float] = {}
+    for variant in VARIANTS[1:]:
+        for metric in PAIRED_METRICS:
+            diff = paired_difference(
+                np.concatenate(per_clip["neuroclips", metric]),
+                np.concatenate(per_clip[variant, metric]),
+                seed=seed,
+            )
+            out |= diff.as_metrics(f"paired.{variant}.{metric}")
+    return out
+
+
 def _write_results(path: Path, metrics: dict[str, float], params: NeuroClipsParams) -> None:
     names = ["ssim", "psnr", "st_ssim", "clip_pcc", *(f"frame_{n}way" for n in params.n_way)]
     names = [n for n in names if f"neuroclips.{n}" in metrics]
@@ -699,6 +743,20 @@ def _write_results(path: Path, metrics: dict[str, float], params: NeuroClipsPara
         + ", ".join(f"{n}-way {vm.n_way_chance(n):.3f}" for n in params.n_way),
         "",
         f"Semantics reconstructor val top-1 {metrics['semantics.val_top1']:.3f}; decoded caption "
-        f"names the right category for {metrics['semantics.caption_category_match']:.3f} of clips.",
+        f"names the right category for {metrics['semantics.caption_category_match']:.3f} of clips; "
+        "frame classifier (N-way) val category accuracy "
+        f"{metrics['frame_classifier.val_category_accuracy']:.3f}.",
+        "",
+        "## neuroclips minus each variant, clip by clip (all subjects' test clips)",
+        "",
+        "| variant | " + " | ".join(f"{m}: mean [95% CI], won" for m in PAIRED_METRICS) + " |",
+        "|---" * (len(PAIRED_METRICS) + 1) + "|",
     ]
+    for variant in VARIANTS[1:]:
+        cells = []
+        for m in PAIRED_METRICS:
+            d = {k: metrics[f"paired.{variant}.{m}.{k}"] for k in ("mean", "ci_low", "ci_high")}
+            won = metrics[f"paired.{variant}.{m}.win_rate"]
+            cells.append(f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {won:.2f}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")

@@ -117,6 +117,7 @@ class TwinConfig:
     video_clip_s: float = 2.0  # clip length; clips play back to back
     video_clips_per_run: int = 48
     video_travel: tuple[float, float] = (0.3, 0.8)  # distance moved in a clip (field units)
+    video_light: tuple[float, float] = (0.0, 0.3)  # background ramp: gray 0.5 -> 0.5 + this
     motion_gain: float = 0.5  # direction selectivity of retinotopic voxels (MT-like)
 
     def __post_init__(self) -> None:
@@ -185,6 +186,7 @@ def _check(cfg: TwinConfig) -> list[str]:
         ("video_clip_s", cfg.video_clip_s > 0.0, "> 0"),
         ("video_clips_per_run", cfg.video_clips_per_run >= 1, ">= 1"),
         ("video_travel", 0.0 <= cfg.video_travel[0] <= cfg.video_travel[1], "0 <= lo <= hi"),
+        ("video_light", 0 <= cfg.video_light[0] <= cfg.video_light[1] <= 0.5, "0<=lo<=hi<=0.5"),
         ("motion_gain", 0.0 <= cfg.motion_gain <= 1.0, "in [0, 1]"),
     ]
     return [

@@ -2,9 +2,13 @@
 
 Each clip shows one shape from the image paradigm's generator (category, colour, texture, size)
 travelling in a straight line for ``video_clip_s`` seconds at ``video_fps`` (2 s at 8 FPS =
-16 frames, as NeuroClips generates). Clips follow each other without gaps, one per TR, like
-CC2017's continuous movies, so the BOLD response to a clip overlaps its neighbours' (the HRF lag
-NeuroClips' preprocessing has to undo).
+16 frames, as NeuroClips generates), over a static background of its own: a gray that brightens
+towards one side (``light`` at the bright edge, ``light_dir`` in radians) under a noise texture
+drawn for that clip. Like CC2017's scenes, a clip's background is part of what has to be
+decoded; one texture shared by every clip would let any method score on it for free.
+
+Clips follow each other without gaps, one per TR, like CC2017's continuous movies, so the BOLD
+response to a clip overlaps its neighbours' (the HRF lag NeuroClips' preprocessing has to undo).
 
 Responses reuse the image paradigm's encoding model on each clip: retinotopic voxels see the
 clip's contrast energy averaged over its frames (BOLD integrates over the 2 s), semantic voxels
@@ -30,6 +34,8 @@ from mindpipe.twin.config import TwinConfig, rng_for
 from mindpipe.twin.responses import Encoding
 
 TASK = "video"
+#: The clip table's columns beyond the image paradigm's: motion (start to end) and background.
+CLIP_COLUMNS = ("dx", "dy", "light", "light_dir")
 DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
 
 
@@ -113,13 +119,34 @@ def sample_clips(cfg: TwinConfig, seed: int) -> pd.DataFrame:
     ]
     table["split"] = np.repeat([s for s, _, _ in splits], [k for _, k, _ in splits])
     table["held_out"] = np.isin(category, held).astype(np.int64)
-    return table[[*stimuli.STIMULI_CONTRACT_COLUMNS, "dx", "dy"]]
+    # Its own stream, so the backgrounds leave the shapes' draws as they were.
+    light_rng = rng_for(seed, "video", "light")
+    table["light"] = np.round(light_rng.uniform(*cfg.video_light, n), 4)
+    table["light_dir"] = np.round(light_rng.uniform(0.0, 2 * np.pi, n), 4)
+    return table[[*stimuli.STIMULI_CONTRACT_COLUMNS, *CLIP_COLUMNS]]
+
+
+def clip_screens(table: pd.DataFrame, cfg: TwinConfig, seed: int) -> np.ndarray:
+    """Each clip's static background, ``(n_clips, S, S, 3)`` in [0, 1] (S = ``video_size``).
+
+    Gray 0.5 rising linearly to ``0.5 + light`` at the edge facing ``light_dir``: only brighter
+    than the mid-gray, so the retinotopic voxels' contrast energy tells which side is lit.
+    """
+    side = cfg.video_size
+    coords = (np.arange(side) + 0.5) / side * 2 - 1
+    grid_x, grid_y = np.meshgrid(coords, -coords)  # row 0 = top of the screen
+    light = table["light"].to_numpy()[:, None, None]
+    angle = table["light_dir"].to_numpy()[:, None, None]
+    towards = grid_x * np.cos(angle) + grid_y * np.sin(angle)  # in [-sqrt 2, sqrt 2]
+    ramp = stimuli.BACKGROUND + light * (towards + np.sqrt(2)) / (2 * np.sqrt(2))
+    noise = rng_for(seed, "video", "screens").normal(0.0, cfg.background_noise, ramp.shape)
+    return np.clip(ramp + noise, 0.0, 1.0)[..., None].repeat(3, axis=3)
 
 
 def render_clips(table: pd.DataFrame, cfg: TwinConfig, seed: int) -> np.ndarray:
     """Every clip's frames, ``(n_clips, n_frames, S, S, 3)`` uint8 (S = ``video_size``)."""
     vcfg = paradigm_config(cfg)
-    screen = stimuli.background(vcfg, seed)
+    screens = clip_screens(table, cfg, seed)
     steps = np.linspace(0.0, 1.0, n_frames(cfg))
     return np.stack(
         [
@@ -138,7 +165,7 @@ def render_clips(table: pd.DataFrame, cfg: TwinConfig, seed: int) -> np.ndarray:
                     for s in steps
                 ]
             )
-            for r in table.itertuples()
+            for r, screen in zip(table.itertuples(), screens, strict=True)
         ]
     )
 
