@@ -1,6 +1,7 @@
 """NeuroClips' pieces: Perception Reconstructor, blurry-video plumbing, frame classifier, GIFs."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -14,12 +15,19 @@ from mindpipe.recipes.neuroclips import (
     PretrainedVideo,
     VideoTrain,
     blurry_target,
+    choose_threshold,
     expand_blurry,
     fit_perception,
+    fuse_videos,
+    fused_scenes,
+    fusion_decisions,
+    fusion_places,
     load_clips,
     lower_contrast,
+    neighbour_similarity,
     perceive,
     pixcorr,
+    previous_clip,
     to_uint8,
     to_unit,
     write_gif,
@@ -121,6 +129,82 @@ def test_gif_has_every_frame_and_lasts_frames_over_fps(tmp_path):
     assert set(durations) <= {120, 130}
 
 
+def test_previous_clip_links_consecutive_stim_ids_only():
+    assert previous_clip(np.array([5, 6, 8, 9, 10])).tolist() == [-1, 0, -1, 2, 3]
+    assert previous_clip(np.array([9, 8])).tolist() == [1, -1]  # by id, not by position
+
+
+def test_fusion_places_follow_links_and_cap_the_video_length():
+    prev = np.array([-1, 0, 1, 2, 3])
+    every = np.ones(5, bool)
+    assert fusion_places(prev, every, max_clips=3).tolist() == [0, 1, 2, 0, 1]
+    broken = every.copy()
+    broken[2] = False
+    assert fusion_places(prev, broken, max_clips=3).tolist() == [0, 1, 0, 1, 2]
+    assert fusion_places(prev, every, max_clips=1).tolist() == [0] * 5  # fusion off
+    assert fusion_places(np.array([-1, -1]), every[:2], 3).tolist() == [0, 0]  # nothing to follow
+
+
+def test_threshold_separates_continuing_scenes_and_prefers_fusing_less():
+    sim = np.array([0.1, 0.2, 0.8, 0.9])
+    same = np.array([False, False, True, True])
+    cut = choose_threshold(sim, same)
+    assert cut == pytest.approx(0.5)  # midway between the pairs it separates
+    assert np.array_equal(sim >= cut, same)
+    assert choose_threshold(sim, np.zeros(4, bool)) == np.inf  # never fuse when nothing continues
+
+
+def test_neighbour_similarity_is_the_cosine_with_the_previous_clip():
+    emb = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    sim = neighbour_similarity(emb, np.array([-1, 0, 1]))
+    assert np.isnan(sim[0])
+    np.testing.assert_allclose(sim[1:], [1.0, 0.0])
+
+
+def test_fused_clips_start_from_the_previous_fused_clip_and_last_frames_over_fps(tmp_path):
+    """Each continuing clip is regenerated from the last frame of the clip before it *as
+    fused*, so a 3-clip scene is one 48-frame video lasting 6 s at 8 FPS."""
+    videos = torch.zeros(4, 16, 3, 4, 4)
+    videos[:, -1] = torch.arange(4.0)[:, None, None, None]  # last frame tells the clip apart
+    prev, place = np.array([-1, 0, 1, -1]), np.array([0, 1, 2, 0])
+    seen = []
+
+    def regenerate(rows, keyframes):
+        seen.append((rows.tolist(), keyframes[:, 0, 0, 0].tolist()))
+        out = keyframes[:, None].repeat(1, 16, 1, 1, 1) + 10  # a new clip from the keyframe
+        return out
+
+    fused = fuse_videos(videos, prev, place, regenerate)
+    assert seen == [([1], [0.0]), ([2], [10.0])]  # clip 2 starts from clip 1 as fused
+    assert torch.equal(fused[[0, 3]], videos[[0, 3]])  # clips opening a scene stay as they were
+    scenes = fused_scenes(prev, place)
+    assert scenes == [[0, 1, 2], [3]]
+    frames = np.concatenate(to_uint8(fused.clamp(0, 1))[scenes[0]])
+    write_gif(tmp_path / "scene.gif", frames, fps=8)
+    with Image.open(tmp_path / "scene.gif") as gif:
+        total = 0
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            total += gif.info["duration"]
+    assert frames.shape[0] == 48 and total == 6000
+
+
+def test_fusion_decisions_choose_the_cut_on_val_and_score_test_against_scenes():
+    table = pd.DataFrame({"scene": [0, 0, 1, 2, 2, 3, 3, 4]}, index=range(8))
+    direction = {0: [1.0, 0.0], 1: [0.0, 1.0], 2: [1.0, 1.0], 3: [-1.0, 0.0], 4: [0.0, -1.0]}
+    emb = np.array([direction[s] for s in table["scene"]]) + 0.05 * np.arange(8)[:, None]
+    val, test = np.arange(0, 5), np.arange(5, 8)
+    prev, place, scores = fusion_decisions(
+        emb[test], test, (emb[val], val), table, NeuroClipsParams()
+    )
+    assert prev.tolist() == [-1, 0, 1] and place.tolist() == [0, 1, 0]
+    assert scores["val_accuracy"] == 1.0 and scores["test_accuracy"] == 1.0
+    _, place, scores = fusion_decisions(
+        emb[test], test, (emb[val], val), table.drop(columns="scene"), NeuroClipsParams()
+    )
+    assert place.tolist() == [0, 0, 0] and scores["enabled"] == 0.0  # no labels, no cut: off
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -131,6 +215,7 @@ def test_gif_has_every_frame_and_lasts_frames_over_fps(tmp_path):
         ({"video": VideoTrain(blurry_contrast_min=2.0)}, "neuroclips.video.blurry_contrast_min"),
         ({"perception": PerceptionTrain(loss="huber")}, "neuroclips.perception.loss"),
         ({"pretrained": PretrainedVideo(stable_diffusion="sd")}, "neuroclips.pretrained"),
+        ({"fusion_max_clips": 0}, "neuroclips.fusion_max_clips"),
     ],
 )
 def test_bad_params_name_the_parameter(kwargs, name):

@@ -89,7 +89,7 @@ def test_neuroclips_writes_clips_at_the_requested_frames_and_fps(tiny_run):
     folder = tiny_run / "artifacts/neuroclips"
     recon = np.load(folder / "videos/sub-01/reconstructions.npz")
     n_test = len(recon["stim_id"])
-    for variant in ("neuroclips", "no_keyframe", "no_blurry", "blurry_only", "retrieval"):
+    for variant in ("neuroclips", "fused", "no_keyframe", "no_blurry", "blurry_only", "retrieval"):
         assert recon[variant].shape == (n_test, 16, 16, 16, 3), variant  # 2 s at 8 FPS, 16 px
         assert recon[variant].dtype == np.uint8
     with Image.open(folder / "plots/sample.gif") as gif:
@@ -101,6 +101,8 @@ def test_neuroclips_writes_clips_at_the_requested_frames_and_fps(tiny_run):
     m = read_metrics(tiny_run, "neuroclips")
     for key in ("neuroclips.ssim", "neuroclips.st_ssim", "retrieval.ssim", "neuroclips.clip_pcc"):
         assert np.isfinite(m[key]), key
+    assert m["fusion.enabled"] == 1.0  # the twin's scene labels choose the cut on val
+    assert 0.0 <= m["fusion.fused_share"] <= 1.0 and 0.0 <= m["fusion.test_accuracy"] <= 1.0
     assert "| neuroclips |" in (folder / "results.md").read_text()
 
 

@@ -1,5 +1,6 @@
 """The twin's video paradigm (CC2017-like clips), written as a dataset under data/video."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mindpipe.exceptions import ParamsError
 from mindpipe.io import bids, read_stimuli, video_dataset
 from mindpipe.io.images import load_video
 from mindpipe.twin import generate, get_profile, video
@@ -66,7 +68,8 @@ def test_each_clip_has_its_own_background_brighter_towards_light_dir(
     behind_shape = np.abs(frames[0] / 255 - screens[0]).max(axis=-1) > 1 / 255
     assert 0 < behind_shape.mean() < 0.5  # the file shows this screen wherever the shape is not
     texture = np.diff(screens[..., 0], axis=2)  # differencing removes the smooth ramp
-    assert abs(np.corrcoef(texture[0].ravel(), texture[1].ravel())[0, 1]) < 0.2  # its own
+    other = np.flatnonzero(clips["scene"].to_numpy() != clips["scene"].iloc[0])[0]  # next scene
+    assert abs(np.corrcoef(texture[0].ravel(), texture[other].ravel())[0, 1]) < 0.2  # its own
     side = cfg.video_size
     rows, cols = np.indices((side, side))
     for row, screen in zip(clips.itertuples(), screens, strict=True):
@@ -76,6 +79,49 @@ def test_each_clip_has_its_own_background_brighter_towards_light_dir(
         # A ramp spanning light / sqrt 2 (edge on) to light (corner on) across the screen.
         assert 0.3 * row.light - 0.02 < lit - dim < 0.5 * row.light + 0.02, row.stim_id
         assert screen.mean() >= BACKGROUND - 0.01  # never darker than the mid-gray
+
+
+def test_a_scene_plays_on_across_consecutive_clips(clips: pd.DataFrame) -> None:
+    lo, hi = get_profile("tiny").video_scene_clips
+    screens = video.clip_screens(clips, get_profile("tiny"), seed=0)
+    lengths = clips.groupby("scene").size()
+    assert lengths.between(1, hi).all() and (lengths[:-1] >= lo).all()
+    assert (lengths > 1).any()
+    assert clips.groupby("scene")["split"].nunique().eq(1).all()  # never straddles splits
+    for _, scene in clips.groupby("scene"):
+        rows = scene.index.to_numpy()
+        assert np.array_equal(np.diff(scene["stim_id"]), np.ones(len(scene) - 1))
+        for column in ("category", "colour", "texture", "size", "light", "light_dir"):
+            assert scene[column].nunique() == 1, column
+        ends = scene[["x", "y"]].to_numpy() + scene[["dx", "dy"]].to_numpy()
+        assert np.allclose(ends[:-1], scene[["x", "y"]].to_numpy()[1:], atol=3e-4)
+        assert np.allclose(
+            screens[clips.index.get_indexer(rows)], screens[clips.index.get_loc(rows[0])]
+        )
+
+
+def test_the_schedule_keeps_each_scene_in_order(twin_tiny: Path, clips: pd.DataFrame) -> None:
+    scene = clips.set_index("stim_id")["scene"]
+    for run in bids.discover_runs(twin_tiny / "video", "sub-01"):
+        shown = bids.read_events(run)["stim_id"].to_numpy()
+        for k, s in itertools.pairwise(shown):
+            assert scene[s] != scene[k] or s == k + 1, (run, k, s)
+            # a scene starts at its first clip and is left only after its last one
+            if scene[s] != scene[k]:
+                assert s == 0 or scene[s - 1] != scene[s], (run, s)
+                assert k + 1 not in scene.index or scene[k + 1] != scene[k], (run, k)
+
+
+def test_scene_lengths_fill_the_split_exactly() -> None:
+    rng = np.random.default_rng(0)
+    for n, lo, hi in ((16, 1, 3), (7, 2, 2), (1, 1, 3), (50, 3, 5)):
+        lengths = video.scene_lengths(n, lo, hi, rng)
+        assert lengths.sum() == n and (lengths >= 1).all() and (lengths <= hi).all()
+        assert (lengths[:-1] >= lo).all()
+    with pytest.raises(ParamsError, match="video_scene_clips"):
+        get_profile("tiny", video_scene_clips=(0, 2))
+    with pytest.raises(ParamsError, match="video_scene_clips: expected int"):
+        get_profile("tiny", video_scene_clips=(1, 2.5))
 
 
 def test_captions_name_the_direction() -> None:

@@ -208,7 +208,8 @@ STAGES: tuple[Stage, ...] = (
         name="neuroclips",
         description="fMRI -> video (8 FPS): Perception Reconstructor (blurry video), Semantics "
         "Reconstructor (keyframe via the reconstruct generator, caption), AnimateDiff-style "
-        "video diffusion with a SparseCtrl-style control net; ablations, retrieval baseline.",
+        "video diffusion with a SparseCtrl-style control net; multi-fMRI fusion into videos of "
+        "up to 6 s; ablations, retrieval baseline.",
         func="mindpipe.recipes.neuroclips:neuroclips",
         params_cls="mindpipe.recipes.neuroclips:NeuroClipsParams",
         inputs={
@@ -219,7 +220,7 @@ STAGES: tuple[Stage, ...] = (
             "reconstruct_dir": "reconstruct",
         },
         code=("models", "recipes", "evaluate", "io", "features"),
-        plots=("plots/grid.png", "plots/sample.gif"),
+        plots=("plots/grid.png", "plots/sample.gif", "plots/sample_scene.gif"),
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(

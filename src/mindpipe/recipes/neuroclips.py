@@ -14,10 +14,16 @@ Per subject, on the dataset's video paradigm (``data/video``, CC2017-like clips 
    conditioned on the keyframe and the blurry video and prompted with the decoded embedding;
    sampling starts from the blurry video noised to ``video.blurry_strength`` (alpha guidance).
 
-Test clips are scored (``evaluate/video_metrics.py``) for the full model, the paper's
-ablations (no keyframe, no blurry video), the blurry video alone and a retrieval baseline that
-shows the training clip whose keyframe embedding is nearest to the decoded one; SSIM and
-ST-SSIM also clip by clip, the full model against each of the others (``evaluate/paired.py``).
+4. **Multi-fMRI fusion**: where the decoded embeddings of neighbouring clips are close enough
+   (a cut chosen on val, against the twin's scene labels), the later clip is generated again
+   from the earlier one's last frame, so one video runs on for up to ``fusion_max_clips``
+   clips (6 s at 3). NeuroClips judges "same class" with CLIP the same way.
+
+Test clips are scored (``evaluate/video_metrics.py``) for the full model, the fused videos,
+the paper's ablations (no keyframe, no blurry video), the blurry video alone and a retrieval
+baseline that shows the training clip whose keyframe embedding is nearest to the decoded one;
+SSIM and ST-SSIM also clip by clip, the full model against each of the others
+(``evaluate/paired.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -65,7 +72,7 @@ from mindpipe.utils import progress, write_json
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("neuroclips", "no_keyframe", "no_blurry", "blurry_only", "retrieval")
+VARIANTS = ("neuroclips", "fused", "no_keyframe", "no_blurry", "blurry_only", "retrieval")
 PAIRED_METRICS = ("ssim", "st_ssim")  # compared clip by clip: the full model vs each variant
 METRIC_FPS = 3  # NeuroClips scores its 8-FPS videos at 3 FPS (6 frames per 2-s clip)
 
@@ -125,6 +132,8 @@ class NeuroClipsParams:
     n_way: tuple[int, ...] = (2, 50)
     n_way_trials: int = 100
     gif_clips: int = 4
+    fusion_max_clips: int = 3  # multi-fMRI fusion: clips one video may span (3: 6 s; 1: off)
+    fusion_threshold: float | None = None  # neighbour cosine; None: chosen on val scene labels
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -151,6 +160,10 @@ class NeuroClipsParams:
         if self.perception.loss not in ("mse", "l1"):
             raise ParamsError(
                 f"neuroclips.perception.loss must be 'mse' or 'l1'; got {self.perception.loss!r}"
+            )
+        if self.fusion_max_clips < 1:
+            raise ParamsError(
+                f"neuroclips.fusion_max_clips must be >= 1; got {self.fusion_max_clips}"
             )
         if self.blurry_size < 4:
             raise ParamsError(f"neuroclips.blurry_size must be >= 4; got {self.blurry_size}")
@@ -398,6 +411,155 @@ def synthesize(
 
 
 # ------------------------------------------------------------------------------------------------
+# Multi-fMRI fusion: one video across neighbouring clips of the same scene
+# ------------------------------------------------------------------------------------------------
+def previous_clip(ids: np.ndarray) -> np.ndarray:
+    """Index in ``ids`` of the clip played just before each one (stim_id - 1); -1: none."""
+    where = {int(s): i for i, s in enumerate(ids)}
+    return np.array([where.get(int(s) - 1, -1) for s in ids], dtype=np.int64)
+
+
+def neighbour_similarity(embedding: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """Cosine of each clip's decoded embedding with its predecessor's (nan without one)."""
+    unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True).clip(1e-12)
+    sim = np.einsum("nd,nd->n", unit, unit[np.maximum(prev, 0)])
+    return np.where(prev >= 0, sim, np.nan)
+
+
+def choose_threshold(similarity: np.ndarray, same: np.ndarray) -> float:
+    """The cut on neighbour similarity that best tells a scene going on from a new one
+    (accuracy over the pairs given), midway between the similarities it separates; ties go
+    to the higher cut, which fuses less."""
+    values = np.unique(similarity)
+    cuts = np.append(values, np.inf)
+    accuracy = np.array([np.mean((similarity >= c) == same) for c in cuts])
+    best = len(cuts) - 1 - int(np.argmax(accuracy[::-1]))
+    if best == 0 or best == len(values):
+        return float(cuts[best])
+    return float((values[best - 1] + values[best]) / 2)
+
+
+def fusion_places(prev: np.ndarray, continues: np.ndarray, max_clips: int) -> np.ndarray:
+    """Each clip's place in its fused video: 0 opens one; ``k`` follows the clip at ``k - 1``
+    where ``continues`` links them and the video holds fewer than ``max_clips`` clips."""
+    linked = continues & (prev >= 0)
+    place = np.zeros(len(prev), dtype=np.int64)
+    while True:  # settles after as many passes as the longest linked run has clips
+        new = np.where(linked, place[np.maximum(prev, 0)] + 1, 0)
+        new[new >= max_clips] = 0
+        if np.array_equal(new, place):
+            return place
+        place = new
+
+
+def fuse_videos(
+    videos: torch.Tensor,
+    prev: np.ndarray,
+    place: np.ndarray,
+    regenerate: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """NeuroClips' fusion: a clip that continues a scene is generated again with the last frame
+    of the previous (already fused) clip as its keyframe; ``regenerate(rows, keyframes)``."""
+    fused = videos.clone()
+    for p in range(1, int(place.max(initial=0)) + 1):
+        rows = np.flatnonzero(place == p)
+        fused[rows] = regenerate(rows, fused[prev[rows], -1])
+    return fused
+
+
+def resynthesize(
+    rows: np.ndarray,
+    keyframes: torch.Tensor,
+    *,
+    model: VideoDiffusion | AnimateDiffSparseControlNetPipeline,
+    embedding: torch.Tensor,
+    captions: np.ndarray,
+    blurry: torch.Tensor,
+    params: NeuroClipsParams,
+    seed: int,
+    clip_shape: tuple[int, int],
+) -> torch.Tensor:
+    """``synthesize`` for clips ``rows`` with other keyframes (``fuse_videos``' callback)."""
+    return synthesize(
+        model,
+        embedding[rows],
+        list(captions[rows]),
+        keyframes,
+        blurry[rows],
+        params,
+        seed,
+        clip_shape,
+    )
+
+
+def fused_scenes(prev: np.ndarray, place: np.ndarray) -> list[list[int]]:
+    """Rows of each fused video, in playing order (a single clip is a video of one)."""
+    following = {int(prev[i]): i for i in np.flatnonzero(place > 0)}
+    scenes = []
+    for first in np.flatnonzero(place == 0):
+        rows = [int(first)]
+        while rows[-1] in following:
+            rows.append(following[rows[-1]])
+        scenes.append(rows)
+    return scenes
+
+
+def fusion_decisions(
+    embedding: np.ndarray,
+    ids: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray],
+    table: pd.DataFrame,
+    params: NeuroClipsParams,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Which test clips continue their predecessor's scene, from decoded embeddings.
+
+    The cut on neighbour similarity is ``fusion_threshold`` or, when the stimulus table has
+    ``scene`` labels (the twin), the one that best matches them on val; with neither (CC2017
+    has no shot labels) fusion is off, and says so. Returns ``prev``, each clip's place in its
+    fused video, and the decisions' scores against the true scenes.
+    """
+    threshold = params.fusion_threshold
+    has_scenes = "scene" in table.columns
+    prev = previous_clip(ids)
+    if threshold is None and not has_scenes:
+        logger.warning(
+            "neuroclips: fusion off: the stimulus table has no 'scene' column to choose the cut "
+            "on, and neuroclips.fusion_threshold is not set"
+        )
+        return prev, np.zeros(len(ids), dtype=np.int64), {"enabled": 0.0, "fused_share": 0.0}
+    scores: dict[str, float] = {"enabled": 1.0}
+    if has_scenes:
+        val_embedding, val_ids = val
+        val_prev = previous_clip(val_ids)
+        pairs = val_prev >= 0
+        val_same = _same_scene(table, val_ids, val_prev)[pairs]
+        val_sim = neighbour_similarity(val_embedding, val_prev)[pairs]
+        if threshold is None:
+            threshold = choose_threshold(val_sim, val_same)
+        scores["val_accuracy"] = float(np.mean((val_sim >= threshold) == val_same))
+    continues = neighbour_similarity(embedding, prev) >= threshold  # nan (no pair): False
+    place = fusion_places(prev, continues, params.fusion_max_clips)
+    scores["fused_share"] = float(np.mean(place > 0))
+    if np.isfinite(threshold):  # inf: nothing continued on val, so nothing is fused
+        scores["threshold"] = float(threshold)
+    if has_scenes:
+        pairs = prev >= 0
+        same, said = _same_scene(table, ids, prev)[pairs], continues[pairs]
+        scores |= {
+            "test_accuracy": float(np.mean(said == same)),
+            "test_precision": float(same[said].mean()) if said.any() else 0.0,
+            "test_recall": float(said[same].mean()) if same.any() else 0.0,
+            "test_continue_rate": float(same.mean()),
+        }
+    return prev, place, scores
+
+
+def _same_scene(table: pd.DataFrame, ids: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    scene = table.loc[ids, "scene"].to_numpy()
+    return (prev >= 0) & (scene == scene[np.maximum(prev, 0)])
+
+
+# ------------------------------------------------------------------------------------------------
 # Scoring and pictures
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -616,8 +778,28 @@ def neuroclips(
             seed=base.seed,
             clip_shape=(n_frames, size),
         )
+        val_embedding = predict(semantics, sb.betas["val"], device)
+        prev, place, fusion = fusion_decisions(
+            embedding.numpy(), test_ids, (val_embedding, np.asarray(sb.stim["val"])), table, params
+        )
+        full = render(keyframe, blurry)
         videos = {
-            "neuroclips": render(keyframe, blurry),
+            "neuroclips": full,
+            "fused": fuse_videos(
+                full,
+                prev,
+                place,
+                partial(
+                    resynthesize,
+                    model=video_model,
+                    embedding=embedding,
+                    captions=captions,
+                    blurry=blurry,
+                    params=params,
+                    seed=base.seed,
+                    clip_shape=(n_frames, size),
+                ),
+            ),
             "no_keyframe": render(None, blurry),
             "no_blurry": render(keyframe, None),
             "blurry_only": blurry,
@@ -639,6 +821,7 @@ def neuroclips(
             ),
         }
         scores["perception"] = {"val_pixcorr": val_pixcorr}
+        scores["fusion"] = fusion
         per_subject[subject] = {f"{g}.{k}": v for g, d in scores.items() for k, v in d.items()}
         metrics |= {f"{subject}.{k}": v for k, v in per_subject[subject].items()}
         _write_subject_outputs(
@@ -654,6 +837,7 @@ def neuroclips(
             params,
             perception,
             semantics,
+            fused_scenes(prev, place),
         )
     for key in next(iter(per_subject.values())):
         metrics[key] = float(np.mean([s[key] for s in per_subject.values()]))
@@ -664,6 +848,9 @@ def neuroclips(
     (out_dir / "plots").mkdir()
     shutil.copyfile(first / "grid.png", out_dir / "plots" / "grid.png")
     shutil.copyfile(sorted(first.glob("clip-*.gif"))[0], out_dir / "plots" / "sample.gif")
+    scene_gifs = sorted(first.glob("scene-*.gif"))
+    if scene_gifs:
+        shutil.copyfile(scene_gifs[0], out_dir / "plots" / "sample_scene.gif")
     return metrics
 
 
@@ -680,8 +867,10 @@ def _write_subject_outputs(
     params: NeuroClipsParams,
     perception: torch.nn.Module,
     semantics: torch.nn.Module,
+    scenes: list[list[int]],
 ) -> None:
-    """Reconstructions (npz), GIFs stimulus | blurry | keyframe | result, grid, captions, models."""
+    """Reconstructions (npz), GIFs stimulus | blurry | keyframe | result and, for fused videos
+    of several clips, stimulus | fused video; grid, captions, models."""
     folder = out_dir / "videos" / subject
     folder.mkdir(parents=True)
     np.savez(folder / "reconstructions.npz", stim_id=test_ids, **videos)
@@ -690,6 +879,9 @@ def _write_subject_outputs(
         still = np.repeat(keyframes[i][None], truth.shape[1], axis=0)
         panel = side_by_side([truth[i], videos["blurry_only"][i], still, videos["neuroclips"][i]])
         write_gif(folder / f"clip-{test_ids[i]:05d}.gif", panel, fps)
+    for rows in [r for r in scenes if len(r) > 1][: params.gif_clips]:
+        panel = side_by_side([np.concatenate(truth[rows]), np.concatenate(videos["fused"][rows])])
+        write_gif(folder / f"scene-{test_ids[rows[0]]:05d}.gif", panel, fps)
     grid_rows = []
     for i in range(k):
         pick = vm.frame_indices(truth.shape[1], fps, METRIC_FPS)
@@ -746,6 +938,25 @@ def _write_results(path: Path, metrics: dict[str, float], params: NeuroClipsPara
         f"names the right category for {metrics['semantics.caption_category_match']:.3f} of clips; "
         "frame classifier (N-way) val category accuracy "
         f"{metrics['frame_classifier.val_category_accuracy']:.3f}.",
+        "",
+        (
+            "Fusion (*fused*): a clip whose decoded embedding has cosine >= "
+            f"{metrics.get('fusion.threshold', np.inf):.3f} with its predecessor's is generated "
+            f"again from the previous clip's last frame, up to {params.fusion_max_clips} clips "
+            f"({2 * params.fusion_max_clips} s) per video; {metrics['fusion.fused_share']:.3f} "
+            "of test clips were."
+            if metrics["fusion.enabled"]
+            else "Fusion off (*fused* = neuroclips): no scene labels to choose the cut on; set "
+            "neuroclips.fusion_threshold."
+        )
+        + (
+            f" Scene-continuation calls on test: accuracy {metrics['fusion.test_accuracy']:.3f}, "
+            f"precision {metrics['fusion.test_precision']:.3f}, recall "
+            f"{metrics['fusion.test_recall']:.3f} ({metrics['fusion.test_continue_rate']:.3f} "
+            "of neighbouring test clips really continue a scene)."
+            if "fusion.test_accuracy" in metrics
+            else ""
+        ),
         "",
         "## neuroclips minus each variant, clip by clip (all subjects' test clips)",
         "",

@@ -100,16 +100,23 @@ def make_schedule(table: pd.DataFrame, cfg: TwinConfig, seed: int, subject: int)
 
     Presentations come in blocks: block r shows (in random order) every image with more than r
     repeats, so repeats are spread over the whole experiment; a final pass swaps trials so no
-    run shows an image twice.
+    run shows an image twice. With a ``scene`` column (the video paradigm) the unit shuffled,
+    swapped and assigned to a run is the scene: its clips always play in order, back to back.
     """
     rng = rng_for(seed, "subject", subject, "schedule")
     reps = table["split"].map({"train": cfg.reps_train, "val": cfg.reps_val, "test": cfg.reps_test})
-    reps = reps.to_numpy()
-    stim_ids = table["stim_id"].to_numpy()
-    order = np.concatenate([rng.permutation(stim_ids[reps > r]) for r in range(reps.max())])
-    n_runs = int(np.ceil(len(order) / cfg.trials_per_run))
-    run_of = np.arange(len(order)) * n_runs // len(order)  # balanced: sizes differ by <= 1
+    unit_of = table["scene"] if "scene" in table else table["stim_id"]
+    units = [group.to_numpy() for _, group in table["stim_id"].groupby(unit_of.to_numpy())]
+    unit_reps = reps.groupby(unit_of.to_numpy()).first().to_numpy()
+    unit_ids = np.arange(len(units))
+    order = np.concatenate([rng.permutation(unit_ids[unit_reps > r]) for r in range(reps.max())])
+    sizes = np.array([len(units[u]) for u in order])
+    total = int(sizes.sum())
+    n_runs = int(np.ceil(total / cfg.trials_per_run))
+    run_of = (np.cumsum(sizes) - sizes) * n_runs // total  # balanced: run sizes differ little
     order = _separate_repeats(order, run_of, rng)
+    run_of = np.repeat(run_of, [len(units[u]) for u in order])
+    order = np.concatenate([units[u] for u in order])
     plans = []
     for k in range(n_runs):
         ids = order[run_of == k].astype(np.int64)

@@ -118,6 +118,7 @@ class TwinConfig:
     video_clips_per_run: int = 48
     video_travel: tuple[float, float] = (0.3, 0.8)  # distance moved in a clip (field units)
     video_light: tuple[float, float] = (0.0, 0.3)  # background ramp: gray 0.5 -> 0.5 + this
+    video_scene_clips: tuple[int, int] = (1, 3)  # clips per scene (one shot played on), lo..hi
     motion_gain: float = 0.5  # direction selectivity of retinotopic voxels (MT-like)
 
     def __post_init__(self) -> None:
@@ -187,6 +188,11 @@ def _check(cfg: TwinConfig) -> list[str]:
         ("video_clips_per_run", cfg.video_clips_per_run >= 1, ">= 1"),
         ("video_travel", 0.0 <= cfg.video_travel[0] <= cfg.video_travel[1], "0 <= lo <= hi"),
         ("video_light", 0 <= cfg.video_light[0] <= cfg.video_light[1] <= 0.5, "0<=lo<=hi<=0.5"),
+        (
+            "video_scene_clips",
+            1 <= cfg.video_scene_clips[0] <= cfg.video_scene_clips[1],
+            "1<=lo<=hi",
+        ),
         ("motion_gain", 0.0 <= cfg.motion_gain <= 1.0, "in [0, 1]"),
     ]
     return [
@@ -264,8 +270,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         value = int(value) if ok else value
     elif isinstance(default, tuple):
         ok = isinstance(value, list | tuple) and len(value) == len(default)
-        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-        value = tuple(float(v) for v in value) if ok else value
+        if ok:  # element by element, as the default's elements (int stays int)
+            value = tuple(_coerce(key, v, d) for v, d in zip(value, default, strict=True))
     else:
         ok = isinstance(value, type(default))
     if not ok:

@@ -2,13 +2,18 @@
 
 Each clip shows one shape from the image paradigm's generator (category, colour, texture, size)
 travelling in a straight line for ``video_clip_s`` seconds at ``video_fps`` (2 s at 8 FPS =
-16 frames, as NeuroClips generates), over a static background of its own: a gray that brightens
-towards one side (``light`` at the bright edge, ``light_dir`` in radians) under a noise texture
-drawn for that clip. Like CC2017's scenes, a clip's background is part of what has to be
-decoded; one texture shared by every clip would let any method score on it for free.
+16 frames, as NeuroClips generates), over a static background: a gray that brightens towards one
+side (``light`` at the bright edge, ``light_dir`` in radians) under a noise texture. Like
+CC2017's shots, a background is part of what has to be decoded; one texture shared by every
+clip would let any method score on it for free.
+
+A *scene* (``video_scene_clips`` clips, 2-6 s by default) is one shape on one background moving
+along one path; its clips are consecutive stim_ids and play back to back, so clip k + 1 starts
+on clip k's last frame. This is what NeuroClips' multi-fMRI fusion continues across clips.
 
 Clips follow each other without gaps, one per TR, like CC2017's continuous movies, so the BOLD
 response to a clip overlaps its neighbours' (the HRF lag NeuroClips' preprocessing has to undo).
+The schedule shuffles scenes, never the clips inside one.
 
 Responses reuse the image paradigm's encoding model on each clip: retinotopic voxels see the
 clip's contrast energy averaged over its frames (BOLD integrates over the 2 s), semantic voxels
@@ -34,8 +39,9 @@ from mindpipe.twin.config import TwinConfig, rng_for
 from mindpipe.twin.responses import Encoding
 
 TASK = "video"
-#: The clip table's columns beyond the image paradigm's: motion (start to end) and background.
-CLIP_COLUMNS = ("dx", "dy", "light", "light_dir")
+#: The clip table's columns beyond the image paradigm's: motion (start to end), background and
+#: the scene (consecutive clips of one shot).
+CLIP_COLUMNS = ("dx", "dy", "light", "light_dir", "scene")
 DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
 
 
@@ -69,11 +75,30 @@ def direction_word(angle: float) -> str:
     return DIRECTIONS[round(angle / (np.pi / 4)) % 8]
 
 
-def sample_clips(cfg: TwinConfig, seed: int) -> pd.DataFrame:
-    """Draw every clip: the stimulus-table columns (``x``, ``y`` = start), ``dx``, ``dy``.
+def scene_lengths(n: int, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
+    """Clips per scene, each in ``lo..hi``, summing to ``n`` (the last scene may be shorter)."""
+    lengths = rng.integers(lo, hi + 1, size=n // max(lo, 1) + 1)
+    ends = np.cumsum(lengths)
+    lengths = lengths[: np.searchsorted(ends, n) + 1]
+    lengths[-1] -= lengths.sum() - n
+    return lengths
 
-    Held-out categories appear only in the test split, as for images. Drawn from their own
-    random stream, so adding the video paradigm never changes the image paradigm.
+
+def start_on_screen(d: np.ndarray, limit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Start coordinates from which a move by ``d`` stays within ``[-limit, limit]``."""
+    low = -limit - np.minimum(d, 0)
+    return rng.uniform(low, np.maximum(low, limit - np.maximum(d, 0)))  # max: float round-off
+
+
+def sample_clips(cfg: TwinConfig, seed: int) -> pd.DataFrame:
+    """Draw every clip: the stimulus-table columns (``x``, ``y`` = start), ``dx``, ``dy``, the
+    background (``light``, ``light_dir``) and the ``scene`` it belongs to.
+
+    A scene is one shape on one background travelling one straight path, cut into
+    ``video_scene_clips`` consecutive clips (stim_ids in playing order): clip k starts where
+    clip k - 1 ended, as consecutive 2-s segments of one CC2017 shot do. Scenes never straddle
+    splits; held-out categories appear only in the test split, as for images. Drawn from their
+    own random streams, so adding the video paradigm never changes the image paradigm.
     """
     rng = rng_for(seed, "video", "clips")
     vcfg = paradigm_config(cfg)
@@ -85,31 +110,45 @@ def sample_clips(cfg: TwinConfig, seed: int) -> pd.DataFrame:
         ("val", vcfg.n_val, seen),
         ("test", vcfg.n_test, names),
     ]
-    category = np.concatenate([stimuli.balanced(pool, n, rng) for _, n, pool in splits])
-    n = len(category)
-    size = np.round(rng.uniform(*cfg.size_range, n), 4)
-    limit = 1.0 - size - 0.02  # the whole shape stays on screen for the whole clip
-    angle = rng.uniform(0.0, 2 * np.pi, n)
-    travel = rng.uniform(*cfg.video_travel, n)
+    lengths = [scene_lengths(n, *cfg.video_scene_clips, rng) for _, n, _ in splits]
+    per_scene = np.concatenate(lengths)
+    m = len(per_scene)
+    category = np.concatenate(
+        [
+            stimuli.balanced(pool, len(k), rng)
+            for (_, _, pool), k in zip(splits, lengths, strict=True)
+        ]
+    )
+    size = np.round(rng.uniform(*cfg.size_range, m), 4)
+    limit = 1.0 - size - 0.02  # the whole shape stays on screen for the whole scene
+    angle = rng.uniform(0.0, 2 * np.pi, m)
+    travel = rng.uniform(*cfg.video_travel, m) * per_scene
     dx, dy = travel * np.cos(angle), travel * np.sin(angle)
     fit = np.minimum(1.0, 2 * limit / np.maximum(np.maximum(np.abs(dx), np.abs(dy)), 1e-9))
-    dx, dy = np.round(dx * fit, 4), np.round(dy * fit, 4)
-    x = np.round(rng.uniform(-limit - np.minimum(dx, 0), limit - np.maximum(dx, 0)), 4)
-    y = np.round(rng.uniform(-limit - np.minimum(dy, 0), limit - np.maximum(dy, 0)), 4)
-    colour = np.array(list(stimuli.COLOURS))[rng.integers(len(stimuli.COLOURS), size=n)]
-    texture = np.array(list(stimuli.TEXTURES))[rng.integers(len(stimuli.TEXTURES), size=n)]
+    dx, dy = dx * fit, dy * fit
+    x, y = (start_on_screen(d, limit, rng) for d in (dx, dy))
+    colour = np.array(list(stimuli.COLOURS))[rng.integers(len(stimuli.COLOURS), size=m)]
+    texture = np.array(list(stimuli.TEXTURES))[rng.integers(len(stimuli.TEXTURES), size=m)]
+    light_rng = rng_for(seed, "video", "light")
+    light = np.round(light_rng.uniform(*cfg.video_light, m), 4)
+    light_dir = np.round(light_rng.uniform(0.0, 2 * np.pi, m), 4)
+
+    scene = np.repeat(np.arange(m), per_scene)
+    step = np.concatenate([np.arange(k) for k in per_scene])  # clip's place in its scene
+    share = 1.0 / per_scene[scene]
+    n = len(scene)
     table = pd.DataFrame(
         {
             "stim_id": np.arange(n, dtype=np.int64),
             "file": [f"stimuli/videos/clip-{i:05d}.png" for i in range(n)],
-            "category": category,
-            "colour": colour,
-            "texture": texture,
-            "size": size,
-            "x": x,
-            "y": y,
-            "dx": dx,
-            "dy": dy,
+            "category": category[scene],
+            "colour": colour[scene],
+            "texture": texture[scene],
+            "size": size[scene],
+            "x": np.round(x[scene] + step * share * dx[scene], 4),
+            "y": np.round(y[scene] + step * share * dy[scene], 4),
+            "dx": np.round(share * dx[scene], 4),
+            "dy": np.round(share * dy[scene], 4),
         }
     )
     table["caption"] = [
@@ -117,12 +156,11 @@ def sample_clips(cfg: TwinConfig, seed: int) -> pd.DataFrame:
         f"moving {direction_word(np.arctan2(r.dy, r.dx))}"
         for r in table.itertuples()
     ]
-    table["split"] = np.repeat([s for s, _, _ in splits], [k for _, k, _ in splits])
-    table["held_out"] = np.isin(category, held).astype(np.int64)
-    # Its own stream, so the backgrounds leave the shapes' draws as they were.
-    light_rng = rng_for(seed, "video", "light")
-    table["light"] = np.round(light_rng.uniform(*cfg.video_light, n), 4)
-    table["light_dir"] = np.round(light_rng.uniform(0.0, 2 * np.pi, n), 4)
+    split_of_scene = np.repeat([s for s, _, _ in splits], [len(k) for k in lengths])
+    table["split"] = split_of_scene[scene]
+    table["held_out"] = np.isin(table["category"], held).astype(np.int64)
+    table["light"], table["light_dir"] = light[scene], light_dir[scene]
+    table["scene"] = scene.astype(np.int64)
     return table[[*stimuli.STIMULI_CONTRACT_COLUMNS, *CLIP_COLUMNS]]
 
 
@@ -139,7 +177,9 @@ def clip_screens(table: pd.DataFrame, cfg: TwinConfig, seed: int) -> np.ndarray:
     angle = table["light_dir"].to_numpy()[:, None, None]
     towards = grid_x * np.cos(angle) + grid_y * np.sin(angle)  # in [-sqrt 2, sqrt 2]
     ramp = stimuli.BACKGROUND + light * (towards + np.sqrt(2)) / (2 * np.sqrt(2))
-    noise = rng_for(seed, "video", "screens").normal(0.0, cfg.background_noise, ramp.shape)
+    scene = pd.factorize(table["scene"])[0]
+    shape = (scene.max() + 1, *ramp.shape[1:])
+    noise = rng_for(seed, "video", "screens").normal(0.0, cfg.background_noise, shape)[scene]
     return np.clip(ramp + noise, 0.0, 1.0)[..., None].repeat(3, axis=3)
 
 
