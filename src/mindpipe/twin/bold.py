@@ -107,15 +107,16 @@ def make_schedule(table: pd.DataFrame, cfg: TwinConfig, seed: int, subject: int)
     reps = table["split"].map({"train": cfg.reps_train, "val": cfg.reps_val, "test": cfg.reps_test})
     unit_of = table["scene"] if "scene" in table else table["stim_id"]
     units = [group.to_numpy() for _, group in table["stim_id"].groupby(unit_of.to_numpy())]
+    unit_size = np.array([len(u) for u in units])
     unit_reps = reps.groupby(unit_of.to_numpy()).first().to_numpy()
     unit_ids = np.arange(len(units))
     order = np.concatenate([rng.permutation(unit_ids[unit_reps > r]) for r in range(reps.max())])
-    sizes = np.array([len(units[u]) for u in order])
+    sizes = unit_size[order]
     total = int(sizes.sum())
     n_runs = int(np.ceil(total / cfg.trials_per_run))
     run_of = (np.cumsum(sizes) - sizes) * n_runs // total  # balanced: run sizes differ little
     order = _separate_repeats(order, run_of, rng)
-    run_of = np.repeat(run_of, [len(units[u]) for u in order])
+    run_of = np.repeat(run_of, unit_size[order])
     order = np.concatenate([units[u] for u in order])
     plans = []
     for k in range(n_runs):
