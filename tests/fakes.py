@@ -20,12 +20,24 @@ import yaml
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DDPMScheduler,
     MotionAdapter,
     StableDiffusionPipeline,
+    StableUnCLIPImg2ImgPipeline,
     UNet2DConditionModel,
 )
 from diffusers.models.controlnets.controlnet_sparsectrl import SparseControlNetModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+    StableUnCLIPImageNormalizer,
+)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,10 +234,9 @@ def _tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(folder, model_max_length=16)
 
 
-def tiny_animatediff_components(folder: Path) -> dict:
-    """A randomly initialised AnimateDiff + SparseCtrl RGB pipeline's parts, 32 px, from configs."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
+def _tiny_unet(**extra) -> UNet2DConditionModel:
+    """SD's UNet at 16 x 16 latents (32 px through the tiny VAE)."""
+    return UNet2DConditionModel(
         sample_size=16,
         block_out_channels=CHANNELS,
         layers_per_block=1,
@@ -234,27 +245,12 @@ def tiny_animatediff_components(folder: Path) -> dict:
         cross_attention_dim=CROSS,
         attention_head_dim=4,
         norm_num_groups=4,
+        **extra,
     )
-    adapter = MotionAdapter(
-        block_out_channels=CHANNELS,
-        motion_layers_per_block=1,
-        motion_num_attention_heads=2,
-        motion_norm_num_groups=4,
-    )
-    controlnet = SparseControlNetModel(
-        block_out_channels=CHANNELS,
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-        cross_attention_dim=CROSS,
-        attention_head_dim=4,
-        norm_num_groups=4,
-        motion_num_attention_heads=2,
-        use_simplified_condition_embedding=True,  # RGB: the keyframe enters as a VAE latent
-    )
-    # SparseCtrl's zero convolutions would hide whether the keyframe reaches the UNet at all
-    zero = [controlnet.controlnet_cond_embedding, controlnet.controlnet_mid_block]
-    for conv in [*zero, *controlnet.controlnet_down_blocks]:
-        torch.nn.init.normal_(conv.weight, std=0.2)
+
+
+def _tiny_sd_parts(folder: Path) -> dict:
+    """The VAE, text encoder, tokenizer and DDIM scheduler every tiny SD pipeline here shares."""
     vae = AutoencoderKL(
         block_out_channels=CHANNELS,
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -287,14 +283,74 @@ def tiny_animatediff_components(folder: Path) -> dict:
         clip_sample=False,
     )
     return {
-        "unet": unet.eval(),
-        "motion_adapter": adapter.eval(),
-        "controlnet": controlnet.eval(),
         "vae": vae.eval(),
         "text_encoder": text_encoder.eval(),
         "tokenizer": _tokenizer(folder / "tokenizer"),
         "scheduler": scheduler,
     }
+
+
+def tiny_animatediff_components(folder: Path) -> dict:
+    """A randomly initialised AnimateDiff + SparseCtrl RGB pipeline's parts, 32 px, from configs."""
+    torch.manual_seed(0)
+    unet = _tiny_unet()
+    adapter = MotionAdapter(
+        block_out_channels=CHANNELS,
+        motion_layers_per_block=1,
+        motion_num_attention_heads=2,
+        motion_norm_num_groups=4,
+    )
+    controlnet = SparseControlNetModel(
+        block_out_channels=CHANNELS,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        cross_attention_dim=CROSS,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        motion_num_attention_heads=2,
+        use_simplified_condition_embedding=True,  # RGB: the keyframe enters as a VAE latent
+    )
+    # SparseCtrl's zero convolutions would hide whether the keyframe reaches the UNet at all
+    zero = [controlnet.controlnet_cond_embedding, controlnet.controlnet_mid_block]
+    for conv in [*zero, *controlnet.controlnet_down_blocks]:
+        torch.nn.init.normal_(conv.weight, std=0.2)
+    return {
+        "unet": unet.eval(),
+        "motion_adapter": adapter.eval(),
+        "controlnet": controlnet.eval(),
+        **_tiny_sd_parts(folder),
+    }
+
+
+def tiny_unclip_pipeline(folder: Path, embed_dim: int) -> StableUnCLIPImg2ImgPipeline:
+    """A randomly initialised Stable unCLIP (SD 2.1 unCLIP's classes), 32 px, for ``embed_dim``-wide
+    CLIP image embeddings, from configs."""
+    torch.manual_seed(0)
+    # the UNet's class embedding reads the noised image embedding + its noise-level embedding
+    unet = _tiny_unet(
+        class_embed_type="projection", projection_class_embeddings_input_dim=2 * embed_dim
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=CROSS,
+            intermediate_size=32,
+            projection_dim=embed_dim,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        image_encoder=image_encoder.eval(),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=embed_dim),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        unet=unet.eval(),
+        **_tiny_sd_parts(folder),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def write_tiny_animatediff(components: dict, folder: Path) -> tuple[Path, Path, Path]:

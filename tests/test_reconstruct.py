@@ -10,12 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from mindpipe.exceptions import DataError
+from fakes import tiny_unclip_pipeline
+from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.io import read_stimuli
 from mindpipe.io.betas import load_betas
 from mindpipe.io.images import load_images
+from mindpipe.models.unclip_sampler import sample_pretrained_unclip
 from mindpipe.params import BaseParams
 from mindpipe.recipes.reconstruct import (
+    PretrainedImage,
     ReconstructParams,
     fit_blurry_decoder,
     generate,
@@ -132,8 +135,9 @@ def fake_betas(folder, stimuli, images, subjects, noise=0.5):
     return folder
 
 
-def fake_upstream(tmp_path, data_dir, train_images, test_images):
-    """features.h5, litemind predictions with pixel embeddings (decoded = true + noise), betas."""
+def fake_stage_inputs(tmp_path, data_dir, train_images, test_images) -> dict:
+    """The stage's folders: features.h5, litemind predictions with pixel embeddings (decoded =
+    true + noise), betas, and an empty out_dir."""
     stimuli = read_stimuli(data_dir)
     images = load_images(data_dir, stimuli)
     features = tmp_path / "features"
@@ -152,31 +156,32 @@ def fake_upstream(tmp_path, data_dir, train_images, test_images):
         n = len(test_ids)
         np.savez(preds / f"{subject}.npz", stim_id=test_ids, similarity=np.eye(n), embedding=noisy)
     betas = fake_betas(tmp_path / "preprocess", stimuli, images, ("sub-01", "sub-02"))
-    return features, tmp_path / "litemind", betas
+    (tmp_path / "out").mkdir()
+    return {
+        "data_dir": data_dir,
+        "betas_dir": betas,
+        "features_dir": features,
+        "decoder_dir": tmp_path / "litemind",
+        "out_dir": tmp_path / "out",
+    }
 
 
 def test_stage_writes_reconstructions_grid_and_metrics(twin_tiny, tiny_split, tmp_path):
-    features, decoder_dir, betas = fake_upstream(tmp_path, twin_tiny, *tiny_split)
-    out = tmp_path / "out"
-    out.mkdir()
+    stage = fake_stage_inputs(tmp_path, twin_tiny, *tiny_split)
     params = ReconstructParams(steps=10, batch_size=16, sample_steps=2, grid_images=4)
     metrics = reconstruct(
-        data_dir=twin_tiny,
-        betas_dir=betas,
-        features_dir=features,
-        decoder_dir=decoder_dir,
-        out_dir=out,
+        **stage,
         params=params,
         base=BaseParams(profile="tiny"),
     )
     n_test, size = len(tiny_split[1]), tiny_split[1].shape[1]
     for source in ("litemind", "blurry"):
-        with np.load(out / "recon" / source / "sub-02.npz") as npz:
+        with np.load(stage["out_dir"] / "recon" / source / "sub-02.npz") as npz:
             assert npz["images"].shape == (n_test, size, size, 3)
             assert npz["images"].dtype == np.uint8
-    with Image.open(out / "plots" / "grid.png") as grid:
+    with Image.open(stage["out_dir"] / "plots" / "grid.png") as grid:
         assert grid.size[0] == 4 * 66 + 2 and grid.size[1] == 4 * 66 + 2  # 4 columns, 4 rows
-    assert (out / "model" / "model.safetensors").is_file()
+    assert (stage["out_dir"] / "model" / "model.safetensors").is_file()
     for key in ("ceiling.pixcorr", "ceiling.ssim_shuffled", "litemind.sub-01.pixcorr"):
         assert np.isfinite(metrics[key]), key
     # the low-level decode of betas that encode the thumbnails looks like its own stimulus
@@ -186,18 +191,58 @@ def test_stage_writes_reconstructions_grid_and_metrics(twin_tiny, tiny_split, tm
 
 
 def test_predictions_out_of_the_betas_test_order_are_refused(twin_tiny, tiny_split, tmp_path):
-    features, decoder_dir, betas = fake_upstream(tmp_path, twin_tiny, *tiny_split)
-    stim = betas / "sub-02" / "stim_test.npy"
+    stage = fake_stage_inputs(tmp_path, twin_tiny, *tiny_split)
+    stim = stage["betas_dir"] / "sub-02" / "stim_test.npy"
     np.save(stim, np.load(stim)[::-1])
-    out = tmp_path / "out"
-    out.mkdir()
     with pytest.raises(DataError, match="not in the test order"):
         reconstruct(
-            data_dir=twin_tiny,
-            betas_dir=betas,
-            features_dir=features,
-            decoder_dir=decoder_dir,
-            out_dir=out,
+            **stage,
             params=ReconstructParams(steps=2, batch_size=4, sample_steps=1),
             base=BaseParams(profile="tiny"),
+        )
+
+
+def test_local_stable_unclip_renders_the_reconstructions(twin_tiny, tiny_split, tmp_path):
+    stage = fake_stage_inputs(tmp_path, twin_tiny, *tiny_split)
+    pipe = tiny_unclip_pipeline(tmp_path / "parts", embed_dim=32)  # pixel_embeddings' width
+    pipe.save_pretrained(tmp_path / "unclip")
+    unclip = PretrainedImage(unclip=str(tmp_path / "unclip"), guidance_scale=3.0)
+    params = ReconstructParams(steps=2, batch_size=16, sample_steps=2, pretrained=unclip)
+    metrics = reconstruct(
+        **stage,
+        params=params,
+        base=BaseParams(),
+    )
+    assert metrics["pretrained_unclip"] == 1.0
+    test = tiny_split[1]
+    with np.load(stage["out_dir"] / "recon" / "true_embedding.npz") as npz:
+        ids, ceiling = npz["stim_id"], npz["images"]
+    with h5py.File(stage["features_dir"] / "features.h5") as f:
+        row = {int(s): i for i, s in enumerate(f["stim_id"][:])}
+        true = f["image_pooled"][:][[row[int(i)] for i in ids]]
+    expected = sample_pretrained_unclip(
+        pipe,
+        torch.as_tensor(true),
+        steps=2,
+        strength=0.7,
+        seed=0,
+        size=test.shape[1],
+        guidance_scale=3.0,
+    )
+    np.testing.assert_array_equal(ceiling, to_uint8(expected, test.shape[1]))
+    with np.load(stage["out_dir"] / "recon" / "litemind" / "sub-01.npz") as npz:
+        assert npz["images"].shape == test.shape and npz["images"].dtype == np.uint8
+    # NeuroClips still draws keyframes with the small generator
+    assert (stage["out_dir"] / "model" / "model.safetensors").is_file()
+
+
+def test_stable_unclip_of_another_embedding_width_is_refused(twin_tiny, tiny_split, tmp_path):
+    stage = fake_stage_inputs(tmp_path, twin_tiny, *tiny_split)
+    tiny_unclip_pipeline(tmp_path / "parts", embed_dim=12).save_pretrained(tmp_path / "unclip")
+    params = ReconstructParams(steps=2, pretrained=PretrainedImage(unclip=str(tmp_path / "unclip")))
+    with pytest.raises(ParamsError, match=r"pretrained\.unclip.*12-wide.*32 wide"):
+        reconstruct(
+            **stage,
+            params=params,
+            base=BaseParams(),
         )

@@ -1,4 +1,4 @@
-"""The unCLIP-style generator: seeded sampling, safetensors round trip, local-weights errors."""
+"""The unCLIP-style generator: seeded sampling, safetensors round trip, missing-weights error."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from mindpipe.models.unclip import (
     UnCLIPGenerator,
     config_for,
     load_generator,
-    load_pretrained_unclip,
     save_generator,
 )
 
@@ -46,8 +45,6 @@ def test_save_load_round_trip(generator, tmp_path):
     assert torch.equal(generator.sample(emb, steps=2), loaded.sample(emb, steps=2))
 
 
-def test_missing_local_weights_raise_clear_error(tmp_path):
-    with pytest.raises(MissingWeightsError, match=r"model_index\.json"):
-        load_pretrained_unclip(tmp_path / "nope")
+def test_missing_weights_raise_clear_error(tmp_path):
     with pytest.raises(MissingWeightsError, match=r"config\.json"):
         load_generator(tmp_path)

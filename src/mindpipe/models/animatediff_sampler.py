@@ -22,25 +22,13 @@ mode left out, and it reuses the pipeline's prompt encoding, sparse conditioning
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
+
+from mindpipe.models.sampling import resize_square, vae_latents
 
 
-def _resize(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """``(N, 3, h, w)`` -> ``(N, 3, size, size)``, antialiased so shrinking does not alias."""
-    if frames.shape[-2:] == (size, size):
-        return frames
-    return F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True)
-
-
-def _encode(pipe, frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Frames ``(N, 3, h, w)`` in [-1, 1] -> scaled VAE latents ``(1, C, N, h', w')``.
-
-    This takes the posterior mean, not a sample, so the result does not depend on any random
-    state.
-    """
-    x = _resize(frames, size).to(pipe.device, pipe.vae.dtype)
-    latents = pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
-    return latents.transpose(0, 1)[None]
+def _video_latents(pipe, frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Frames ``(N, 3, h, w)`` in [-1, 1] -> scaled VAE latents ``(1, C, N, h', w')`` (video)."""
+    return vae_latents(pipe, frames, size).transpose(0, 1)[None]
 
 
 def _sample_clip(
@@ -73,13 +61,17 @@ def _sample_clip(
         latents = noise * pipe.scheduler.init_noise_sigma
     else:
         timesteps = timesteps[steps - max(1, round(steps * strength)) :]
-        start = _encode(pipe, blurry, render).to(dtype)
+        start = _video_latents(pipe, blurry, render).to(dtype)
         latents = pipe.scheduler.add_noise(start, noise, timesteps[:1])
 
     cond = mask = None
     if keyframe is not None:
         cond, mask = pipe.prepare_sparse_control_conditioning(
-            _encode(pipe, keyframe[None], render), n_frames, [0], device, pipe.controlnet.dtype
+            _video_latents(pipe, keyframe[None], render),
+            n_frames,
+            [0],
+            device,
+            pipe.controlnet.dtype,
         )
 
     step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
@@ -163,5 +155,5 @@ def sample_pretrained(
             guidance_scale=guidance_scale,
             negative_prompt=negative_prompt,
         )
-        videos.append(_resize(clip, size))
+        videos.append(resize_square(clip, size))
     return torch.stack(videos)

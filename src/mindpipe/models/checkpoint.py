@@ -1,4 +1,5 @@
-"""Save and rebuild models whose ``config`` is a dataclass (safetensors + ``config.json``)."""
+"""Save and rebuild models whose ``config`` is a dataclass (safetensors + ``config.json``), and
+check local folders of pretrained weights before loading them."""
 
 from __future__ import annotations
 
@@ -43,3 +44,13 @@ def load_checkpoint(folder: str | Path, model_cls: type[M], config_cls: type, wh
     model = model_cls(config)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model
+
+
+def require_local_weights(folder: Path, marker: str, what: str, param: str) -> None:
+    """Raise MissingWeightsError naming ``folder`` and the ``param`` that set it, unless the
+    folder holds ``marker`` (``model_index.json`` for a pipeline, ``config.json`` for a model)."""
+    if not (folder / marker).is_file():
+        raise MissingWeightsError(
+            f"local {what} weights '{folder}' not found or incomplete (no {marker}); "
+            f"point {param} at a diffusers folder on disk (nothing is downloaded)"
+        )

@@ -1,9 +1,11 @@
-"""The deterministic DDIM start shared by the image and video generators."""
+"""What the image and video generators share: the deterministic DDIM start, and resizing and
+VAE-encoding images for the real (latent) diffusion pipelines."""
 
 from __future__ import annotations
 
 import torch
 from diffusers import DDIMScheduler
+from torch.nn import functional as F
 
 
 def ddim_start(
@@ -31,3 +33,20 @@ def ddim_start(
         blurry = blurry.to(device)
         x = scheduler.add_noise(blurry, x, timesteps[:1]) if len(timesteps) else blurry
     return scheduler, x, timesteps
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, 3, h, w)`` -> ``(N, 3, size, size)``, antialiased so shrinking does not alias."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+
+
+def vae_latents(pipe, images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images ``(N, 3, h, w)`` in [-1, 1], resized to ``size``: scaled VAE latents ``(N, C, ..)``.
+
+    This takes the posterior mean, not a sample, so the result does not depend on any random
+    state.
+    """
+    x = resize_square(images, size).to(pipe.device, pipe.vae.dtype)
+    return pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor

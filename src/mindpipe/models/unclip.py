@@ -8,7 +8,7 @@ instead of amplifying its noise-prediction error at every step, which is what ma
 epsilon-predicting draft score below a shuffled control on SSIM. Sampling is seeded, so the same
 seed gives the same images; ``blurry`` images (MindEye2's low-level reconstruction) start the
 sampler part-way (img2img at ``strength``).
-Real pretrained weights are only read from a local folder (never downloaded).
+With real Stable unCLIP weights the reconstruct stage renders with ``unclip_sampler`` instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
-from mindpipe.exceptions import MissingWeightsError
 from mindpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from mindpipe.models.sampling import ddim_start
 
@@ -131,20 +130,3 @@ def save_generator(model: UnCLIPGenerator, folder: Path) -> None:
 def load_generator(folder: Path) -> UnCLIPGenerator:
     """Rebuild a generator written by :func:`save_generator`."""
     return load_checkpoint(folder, UnCLIPGenerator, UnCLIPConfig, "generator")
-
-
-def load_pretrained_unclip(local_dir: str | Path, device: str = "cpu"):
-    """Stable unCLIP img2img from a local diffusers folder; never downloads.
-
-    A missing folder or one without ``model_index.json`` raises MissingWeightsError naming it.
-    """
-    folder = Path(local_dir)
-    if not (folder / "model_index.json").is_file():
-        raise MissingWeightsError(
-            f"local unCLIP weights '{folder}' not found or incomplete (no model_index.json); "
-            "set reconstruct.local_weights to a diffusers StableUnCLIPImg2ImgPipeline folder"
-        )
-    from diffusers import StableUnCLIPImg2ImgPipeline
-
-    pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(str(folder), local_files_only=True)
-    return pipe.to(device)

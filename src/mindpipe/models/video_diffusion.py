@@ -50,8 +50,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNetMotionModel
 from diffusers.models.controlnets.controlnet_sparsectrl import SparseControlNetModel
 from torch import nn
 
-from mindpipe.exceptions import MissingWeightsError
-from mindpipe.models.checkpoint import load_checkpoint, save_checkpoint
+from mindpipe.models.checkpoint import load_checkpoint, require_local_weights, save_checkpoint
 from mindpipe.models.sampling import ddim_start
 
 #: Per-frame control channels before SparseCtrl's mask: blurry RGB, blurry flag, keyframe RGB.
@@ -340,14 +339,6 @@ def load_video_model(folder: Path) -> VideoDiffusion:
     return load_checkpoint(folder, VideoDiffusion, VideoDiffusionConfig, "video generator")
 
 
-def _require(folder: Path, marker: str, what: str) -> None:
-    if not (folder / marker).is_file():
-        raise MissingWeightsError(
-            f"local {what} weights '{folder}' not found or incomplete (no {marker}); "
-            "point it at a diffusers folder on disk (nothing is downloaded)"
-        )
-
-
 def load_pretrained_animatediff(
     sd_dir: str | Path,
     motion_adapter_dir: str | Path,
@@ -364,9 +355,13 @@ def load_pretrained_animatediff(
     naming it.
     """
     sd, motion, ctrl = Path(sd_dir), Path(motion_adapter_dir), Path(sparsectrl_dir)
-    _require(sd, "model_index.json", "Stable Diffusion 1.5")
-    _require(motion, "config.json", "AnimateDiff motion adapter")
-    _require(ctrl, "config.json", "SparseCtrl")
+    require_local_weights(
+        sd, "model_index.json", "Stable Diffusion 1.5", "neuroclips.pretrained.stable_diffusion"
+    )
+    require_local_weights(
+        motion, "config.json", "AnimateDiff motion adapter", "neuroclips.pretrained.motion_adapter"
+    )
+    require_local_weights(ctrl, "config.json", "SparseCtrl", "neuroclips.pretrained.sparsectrl")
     from diffusers import AnimateDiffSparseControlNetPipeline, MotionAdapter
 
     adapter = MotionAdapter.from_pretrained(str(motion), local_files_only=True)

@@ -16,6 +16,12 @@ The blurry images are saved and scored as a source of their own (``recon/blurry/
 Training and sampling run at ``image_size`` (default 16 px for the 64 px default twin, so a
 CPU-only run stays within a few minutes); reconstructions are upsampled bilinearly to the
 stimulus size before scoring and saving.
+
+With a local Stable unCLIP folder (``pretrained.unclip``, e.g. SD 2.1 unCLIP, whose image
+encoder is CLIP ViT-L/14: use ``features.encoder: open_clip`` with the same CLIP), that pipeline
+renders the reconstructions instead (``models/unclip_sampler.py``), from the same decoded
+embeddings and blurry starts. The small generator is still trained and saved: NeuroClips draws
+its keyframes with it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import copy
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +47,11 @@ from mindpipe.io.betas import SubjectBetas, load_betas
 from mindpipe.io.images import load_images
 from mindpipe.models.baselines import select_ridge
 from mindpipe.models.unclip import UnCLIPGenerator, config_for, save_generator
+from mindpipe.models.unclip_sampler import (
+    embedding_width,
+    load_pretrained_unclip,
+    sample_pretrained_unclip,
+)
 from mindpipe.params import BaseParams
 from mindpipe.recipes.contrastive import resolve_device
 from mindpipe.utils import progress
@@ -47,6 +59,19 @@ from mindpipe.utils import progress
 logger = logging.getLogger(__name__)
 
 BLURRY = "blurry"  # the low-level decode's own source folder and metrics prefix
+
+#: ``render(embeddings (N, D) in CLIP units, blurry (N, 3, s, s) or None) -> uint8 images``
+Render = Callable[[np.ndarray, torch.Tensor | None], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedImage:
+    """``reconstruct.pretrained``: a local Stable unCLIP folder; set, it renders the images."""
+
+    unclip: str | None = None  # diffusers StableUnCLIPImg2ImgPipeline folder (SD 2.1 unCLIP)
+    guidance_scale: float = 10.0  # classifier-free guidance on the embedding (the pipeline's)
+    noise_level: int = 0  # unCLIP's noise augmentation of the embedding (0: none)
+    render_size: int | None = None  # px; None: the pipeline's own (768 for SD 2.1 unCLIP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +89,7 @@ class ReconstructParams:
     blurry_strength: float = 0.7  # img2img start from the low-level decode (1: pure noise)
     blurry_alphas: tuple[float, ...] = (1e2, 1e3, 1e4, 1e5)  # its ridge penalties (val PixCorr)
     grid_images: int = 8
+    pretrained: PretrainedImage = dataclasses.field(default_factory=PretrainedImage)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -174,6 +200,48 @@ def generate(
         for i in range(0, len(embeddings), batch)
     ]
     return to_uint8(torch.cat(chunks), out_size)
+
+
+def small_generator_renderer(
+    model: UnCLIPGenerator, params: ReconstructParams, out_size: int, seed: int
+) -> Render:
+    """The trained generator, fed unit-length embeddings (it was trained on those)."""
+
+    def render(embeddings: np.ndarray, blurry: torch.Tensor | None) -> np.ndarray:
+        return generate(model, unit_rows(embeddings), params, out_size, seed, blurry=blurry)
+
+    return render
+
+
+def pretrained_renderer(
+    params: ReconstructParams, width: int, device: torch.device, out_size: int, seed: int
+) -> Render:
+    """Stable unCLIP from ``params.pretrained.unclip``, fed the embeddings in CLIP units."""
+    p = params.pretrained
+    pipe = load_pretrained_unclip(p.unclip, device)
+    if embedding_width(pipe) != width:
+        raise ParamsError(
+            f"reconstruct.pretrained.unclip '{p.unclip}' takes {embedding_width(pipe)}-wide CLIP "
+            f"image embeddings but the cached features are {width} wide: cache the features with "
+            "the CLIP its image encoder was trained with (features.encoder: open_clip)"
+        )
+
+    def render(embeddings: np.ndarray, blurry: torch.Tensor | None) -> np.ndarray:
+        images = sample_pretrained_unclip(
+            pipe,
+            torch.as_tensor(np.asarray(embeddings, dtype=np.float32)),
+            blurry,
+            steps=params.sample_steps,
+            strength=params.blurry_strength,
+            seed=seed,
+            size=out_size,
+            guidance_scale=p.guidance_scale,
+            noise_level=p.noise_level,
+            render_size=p.render_size,
+        )
+        return to_uint8(images, out_size)
+
+    return render
 
 
 def fit_blurry_decoder(
@@ -290,6 +358,11 @@ def reconstruct(
     metrics: dict[str, float] = {"train_seconds": time.perf_counter() - start}
     save_generator(model.cpu(), out_dir / "model")
     model.to(device)
+    if params.pretrained.unclip is None:
+        render = small_generator_renderer(model, params, size, base.seed)
+    else:
+        render = pretrained_renderer(params, store.dim, device, size, base.seed)
+    metrics["pretrained_unclip"] = float(params.pretrained.unclip is not None)
 
     recon_dir = out_dir / "recon"
     (recon_dir / params.decoder).mkdir(parents=True)
@@ -297,7 +370,7 @@ def reconstruct(
     thumbnails = stimulus_thumbnails(load_images(data_dir, stimuli), stimuli, params.image_size)
     ids = np.asarray(next(iter(preds.values()))["stim_id"])  # the first subject's test order
     truth = load_images(data_dir, test.loc[ids])
-    ceiling = generate(model, unit_rows(store.image_pooled(ids)), params, size, base.seed)
+    ceiling = render(store.image_pooled(ids), None)
     np.savez(recon_dir / "true_embedding.npz", stim_id=ids, images=ceiling)
     metrics |= {f"ceiling.{k}": v for k, v in score(ceiling, truth).items()}
 
@@ -314,9 +387,7 @@ def reconstruct(
         sub_truth = load_images(data_dir, test.loc[sub_ids])
         blurry, fit = fit_blurry_decoder(sb, thumbnails, params.blurry_alphas)
         blurry_images = to_uint8(blurry, size)
-        recon = generate(
-            model, unit_rows(arrays["embedding"]), params, size, base.seed, blurry=blurry
-        )
+        recon = render(arrays["embedding"], blurry)
         for source, images in ((params.decoder, recon), (BLURRY, blurry_images)):
             np.savez(recon_dir / source / f"{subject}.npz", stim_id=sub_ids, images=images)
             scores = score(images, sub_truth)
