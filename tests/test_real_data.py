@@ -119,6 +119,7 @@ def test_god_release_through_the_dag_with_zero_shot(tmp_path: Path) -> None:
     _run(DECODING)
     metrics = _check_decoding_outputs()
     assert metrics["litemind.zero_shot_chance"] == pytest.approx(1 / 9)  # 6 seen + 3 held out
+    assert metrics["litemind.zero_shot_novel_chance"] == pytest.approx(1 / 3)  # GOD's protocol
     assert 0.0 <= metrics["litemind.zero_shot_top1"] <= 1.0
 
 
