@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fakes import tiny_unclip_pipeline
-from mindpipe.exceptions import DataError, ParamsError
+from mindpipe.exceptions import DataError, MissingWeightsError, ParamsError
 from mindpipe.io import read_stimuli
 from mindpipe.io.betas import load_betas
 from mindpipe.io.images import load_images
@@ -246,3 +246,25 @@ def test_stable_unclip_of_another_embedding_width_is_refused(twin_tiny, tiny_spl
             params=params,
             base=BaseParams(),
         )
+
+
+def test_a_missing_stable_unclip_stops_the_stage_before_training(twin_tiny, tiny_split, tmp_path):
+    stage = fake_stage_inputs(tmp_path, twin_tiny, *tiny_split)
+    params = ReconstructParams(pretrained=PretrainedImage(unclip=str(tmp_path / "nowhere")))
+    with pytest.raises(MissingWeightsError, match=r"nowhere.*reconstruct\.pretrained\.unclip"):
+        reconstruct(**stage, params=params, base=BaseParams())
+    assert not any(stage["out_dir"].iterdir())
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: ReconstructParams(blurry_strength=0.0), "reconstruct.blurry_strength"),
+        (lambda: PretrainedImage(guidance_scale=-1.0), "reconstruct.pretrained.guidance_scale"),
+        (lambda: PretrainedImage(noise_level=1000), "reconstruct.pretrained.noise_level"),
+        (lambda: PretrainedImage(render_size=100), "reconstruct.pretrained.render_size"),
+    ],
+)
+def test_bad_params_name_the_parameter(make, name):
+    with pytest.raises(ParamsError, match=name.replace(".", r"\.")):
+        make()

@@ -73,6 +73,21 @@ class PretrainedImage:
     noise_level: int = 0  # unCLIP's noise augmentation of the embedding (0: none)
     render_size: int | None = None  # px; None: the pipeline's own (768 for SD 2.1 unCLIP)
 
+    def __post_init__(self) -> None:
+        if self.guidance_scale < 0:
+            raise ParamsError(
+                f"reconstruct.pretrained.guidance_scale must be >= 0; got {self.guidance_scale}"
+            )
+        if not 0 <= self.noise_level < 1000:  # unCLIP's embedding-noise schedule has 1000 steps
+            raise ParamsError(
+                f"reconstruct.pretrained.noise_level must be in [0, 1000); got {self.noise_level}"
+            )
+        if self.render_size is not None and (self.render_size < 8 or self.render_size % 8):
+            raise ParamsError(
+                "reconstruct.pretrained.render_size must be a positive multiple of 8 (the VAE's "
+                f"downsampling); got {self.render_size}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class ReconstructParams:
@@ -213,18 +228,22 @@ def small_generator_renderer(
     return render
 
 
-def pretrained_renderer(
-    params: ReconstructParams, width: int, device: torch.device, out_size: int, seed: int
-) -> Render:
-    """Stable unCLIP from ``params.pretrained.unclip``, fed the embeddings in CLIP units."""
-    p = params.pretrained
-    pipe = load_pretrained_unclip(p.unclip, device)
+def load_unclip_for(params: ReconstructParams, width: int, device: torch.device):
+    """The local Stable unCLIP of ``params.pretrained.unclip``, checked against the features."""
+    pipe = load_pretrained_unclip(params.pretrained.unclip, device)
     if embedding_width(pipe) != width:
         raise ParamsError(
-            f"reconstruct.pretrained.unclip '{p.unclip}' takes {embedding_width(pipe)}-wide CLIP "
-            f"image embeddings but the cached features are {width} wide: cache the features with "
-            "the CLIP its image encoder was trained with (features.encoder: open_clip)"
+            f"reconstruct.pretrained.unclip '{params.pretrained.unclip}' takes "
+            f"{embedding_width(pipe)}-wide CLIP image embeddings but the cached features are "
+            f"{width} wide: cache the features with the CLIP its image encoder was trained with "
+            "(features.encoder: open_clip)"
         )
+    return pipe
+
+
+def pretrained_renderer(pipe, params: ReconstructParams, out_size: int, seed: int) -> Render:
+    """Stable unCLIP, fed the embeddings in CLIP units."""
+    p = params.pretrained
 
     def render(embeddings: np.ndarray, blurry: torch.Tensor | None) -> np.ndarray:
         images = sample_pretrained_unclip(
@@ -346,6 +365,8 @@ def reconstruct(
     test = stimuli[stimuli["split"] == "test"].set_index("stim_id", drop=False)
     train_images = load_images(data_dir, train)
     size = train_images.shape[1]
+    # a missing or mismatched pipeline stops the stage before any training
+    pipe = None if params.pretrained.unclip is None else load_unclip_for(params, store.dim, device)
 
     start = time.perf_counter()
     model = train_generator(
@@ -358,11 +379,11 @@ def reconstruct(
     metrics: dict[str, float] = {"train_seconds": time.perf_counter() - start}
     save_generator(model.cpu(), out_dir / "model")
     model.to(device)
-    if params.pretrained.unclip is None:
+    if pipe is None:
         render = small_generator_renderer(model, params, size, base.seed)
     else:
-        render = pretrained_renderer(params, store.dim, device, size, base.seed)
-    metrics["pretrained_unclip"] = float(params.pretrained.unclip is not None)
+        render = pretrained_renderer(pipe, params, size, base.seed)
+    metrics["pretrained_unclip"] = float(pipe is not None)
 
     recon_dir = out_dir / "recon"
     (recon_dir / params.decoder).mkdir(parents=True)
