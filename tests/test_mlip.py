@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mindpipe.exceptions import MindpipeError
+from mindpipe.exceptions import MindpipeError, ParamsError
 from mindpipe.models.losses import token_alignment_loss, token_similarity
 from mindpipe.models.mlip import (
     build_mlip,
@@ -19,6 +19,7 @@ from mindpipe.models.mlip import (
     save_mlip,
     tokenize,
 )
+from mindpipe.recipes.mlip import MLIPParams
 
 CAPTIONS = ["a small red solid star at the top", "a large blue striped circle on the left"]
 
@@ -169,3 +170,8 @@ def test_stage_model_is_registered_as_challenger_with_lineage(tmp_path, monkeypa
         torch.testing.assert_close(
             load_mlip(Path(local)).encode_image(pixels())[0], model.encode_image(pixels())[0]
         )
+
+
+def test_caption_detail_out_of_range_is_named():
+    with pytest.raises(ParamsError, match=r"mlip\.caption_detail"):
+        MLIPParams(caption_detail=0.0)

@@ -17,6 +17,7 @@ from mindpipe.io.bids import STIMULI_CONTRACT_COLUMNS
 from mindpipe.twin import generate, get_profile, load_truth, subject_to_template
 from mindpipe.twin.bold import hrf, trial_regressors
 from mindpipe.twin.responses import retinotopic_map
+from mindpipe.twin.stimuli import caption, pretraining_corpus
 
 SUBJECTS = [f"sub-{i:02d}" for i in range(1, 5)]
 TRUTH = Path("derivatives") / "twin-truth"
@@ -295,3 +296,29 @@ def test_noise_sd_is_the_marginal_sd_of_the_ar1_noise() -> None:
     noise = _ar1_noise(20000, np.array([1.5, 3.0]), 0.3, np.random.default_rng(0))
     assert np.allclose(noise.std(axis=0), [1.5, 3.0], rtol=0.05)
     assert np.corrcoef(noise[1:, 0], noise[:-1, 0])[0, 1] == pytest.approx(0.3, abs=0.05)
+
+
+def test_caption_grammar_and_terser_web_style_captions():
+    assert (
+        caption("triangle", "red", "stripes", 0.5, -0.5, 0.0)
+        == "a large red striped triangle on the left"
+    )
+    terse = caption("triangle", "red", "stripes", 0.5, -0.5, 0.0, keep=(False, True, False, False))
+    assert terse == "a red triangle"
+
+
+def test_corpus_caption_detail_drops_words_but_keeps_shapes_and_images():
+    cfg = get_profile("tiny")
+    full, images = pretraining_corpus(cfg, seed=0, n=200)
+    terse, terse_images = pretraining_corpus(cfg, seed=0, n=200, caption_detail=0.5)
+    np.testing.assert_array_equal(images, terse_images)
+    pd.testing.assert_frame_equal(full.drop(columns="caption"), terse.drop(columns="caption"))
+    assert all(c in t.split() for c, t in zip(terse["category"], terse["caption"], strict=True))
+    # "a" + category always; each of the four other parts (position: 3-4 words) half the time
+    extra = np.array([len(t.split()) for t in terse["caption"]]) - 2
+    full_extra = np.array([len(t.split()) for t in full["caption"]]) - 2
+    assert 0.35 < extra.sum() / full_extra.sum() < 0.65
+    again, _ = pretraining_corpus(cfg, seed=0, n=200, caption_detail=0.5)
+    assert list(again["caption"]) == list(terse["caption"])
+    with pytest.raises(ValueError, match="caption_detail"):
+        pretraining_corpus(cfg, seed=0, n=10, caption_detail=0.0)

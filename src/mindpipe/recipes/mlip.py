@@ -57,6 +57,7 @@ class MLIPParams:
 
     config: str = "mlip-small"
     corpus_size: int = 3000
+    caption_detail: float = 1.0  # twin corpus: chance each non-shape word stays in a caption
     epochs: int = 10
     batch_size: int = 128
     lr: float = 3e-3
@@ -72,6 +73,8 @@ class MLIPParams:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.corpus_size < 0:
             raise ParamsError("mlip.epochs >= 1, mlip.batch_size >= 2, mlip.corpus_size >= 0")
+        if not 0.0 < self.caption_detail <= 1.0:
+            raise ParamsError(f"mlip.caption_detail must be in (0, 1]; got {self.caption_detail}")
         check_templates(self.prompts, "mlip")
 
 
@@ -136,7 +139,7 @@ def pretraining_corpus(
         from mindpipe.twin.stimuli import pretraining_corpus as twin_corpus
 
         cfg = get_profile(desc["profile"])
-        return twin_corpus(cfg, int(desc["seed"]), params.corpus_size)
+        return twin_corpus(cfg, int(desc["seed"]), params.corpus_size, params.caption_detail)
     train = stimuli[stimuli["split"] == "train"]
     return train, load_images(data_dir, train)
 

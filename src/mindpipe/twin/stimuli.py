@@ -97,19 +97,32 @@ def sample_stimuli(cfg: TwinConfig, seed: int) -> pd.DataFrame:
     return table[list(STIMULI_CONTRACT_COLUMNS)]
 
 
-def pretraining_corpus(cfg: TwinConfig, seed: int, n: int) -> tuple[pd.DataFrame, np.ndarray]:
+def pretraining_corpus(
+    cfg: TwinConfig, seed: int, n: int, caption_detail: float = 1.0
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Image-caption pairs from the same generator for pretraining a CLIP (the twin's "LAION").
 
     Every category appears, held-out ones included: like web data, the corpus covers concepts
     the fMRI experiment never trains on, which is what makes zero-shot decoding possible. It is
     drawn from its own random stream, so no pair coincides with a stimulus by construction.
+    ``caption_detail`` < 1 makes the captions terser, as web alt-text is: every caption names the
+    shape, and keeps each of its size, colour, texture and position words with that probability
+    (drawn from a stream of its own: the images do not change).
 
     Returns the table (``stim_id``, ``caption``, ``category`` and the attributes) and the
     ``(n, image_size, image_size, 3)`` uint8 images.
     """
+    if not 0.0 < caption_detail <= 1.0:
+        raise ValueError(f"caption_detail must be in (0, 1]; got {caption_detail}")
     rng = rng_for(seed, "pretraining_corpus")
     category = balanced(list(CATEGORIES)[: cfg.n_categories], n, rng)
     table = _draw_attributes(category, cfg, rng)
+    if caption_detail < 1.0:
+        keep = rng_for(seed, "pretraining_corpus", "captions").random((n, 4)) < caption_detail
+        table["caption"] = [
+            caption(r.category, r.colour, r.texture, r.size, r.x, r.y, keep=tuple(k))
+            for r, k in zip(table.itertuples(), keep, strict=True)
+        ]
     return table, render_table(table, cfg, seed)
 
 
@@ -148,13 +161,26 @@ def balanced(pool: list[str], n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.resize(np.array(pool), n))
 
 
-def caption(category: str, colour: str, texture: str, size: float, x: float, y: float) -> str:
+def caption(
+    category: str,
+    colour: str,
+    texture: str,
+    size: float,
+    x: float,
+    y: float,
+    keep: tuple[bool, ...] = (True, True, True, True),
+) -> str:
     """Caption from the grammar: ``a <size> <colour> <texture> <category> <position>``.
 
-    Example: ``"a large red striped triangle on the left"``.
+    Example: ``"a large red striped triangle on the left"``. ``keep`` leaves out the size,
+    colour, texture or position words (in that order) where False: ``"a red triangle"``.
     """
     size_word = "small" if size < 0.35 else "medium" if size < 0.48 else "large"
-    return f"a {size_word} {colour} {TEXTURE_WORDS[texture]} {category} {position_phrase(x, y)}"
+    words = [
+        w for w, k in zip((size_word, colour, TEXTURE_WORDS[texture]), keep, strict=False) if k
+    ]
+    position = [position_phrase(x, y)] if keep[3] else []
+    return " ".join(["a", *words, category, *position])
 
 
 def position_phrase(x: float, y: float, threshold: float = 0.25) -> str:
