@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from mindpipe.models.sampling import resize_square, vae_latents
+from mindpipe.models.sampling import pipeline_start, resize_square, vae_latents
 
 
 def _video_latents(pipe, frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -51,18 +51,12 @@ def _sample_clip(
     text, negative = pipe.encode_prompt(caption, device, 1, guided, negative_prompt)
     tokens = (torch.cat([negative, text]) if guided else text).repeat_interleave(n_frames, dim=0)
 
-    pipe.scheduler.set_timesteps(steps, device=device)
-    timesteps = pipe.scheduler.timesteps
     side = render // pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, n_frames, side, side)
     # drawn on the CPU so that a seed gives the same video on any device
     noise = torch.randn(shape, generator=generator).to(device, dtype)
-    if blurry is None:
-        latents = noise * pipe.scheduler.init_noise_sigma
-    else:
-        timesteps = timesteps[steps - max(1, round(steps * strength)) :]
-        start = _video_latents(pipe, blurry, render).to(dtype)
-        latents = pipe.scheduler.add_noise(start, noise, timesteps[:1])
+    start = None if blurry is None else _video_latents(pipe, blurry, render).to(dtype)
+    latents, timesteps = pipeline_start(pipe, steps, noise, start, strength)
 
     cond = mask = None
     if keyframe is not None:

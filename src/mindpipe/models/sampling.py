@@ -1,5 +1,5 @@
 """What the image and video generators share: the deterministic DDIM start, and resizing and
-VAE-encoding images for the real (latent) diffusion pipelines."""
+VAE-encoding images and starting the sampler for the real (latent) diffusion pipelines."""
 
 from __future__ import annotations
 
@@ -50,3 +50,19 @@ def vae_latents(pipe, images: torch.Tensor, size: int) -> torch.Tensor:
     """
     x = resize_square(images, size).to(pipe.device, pipe.vae.dtype)
     return pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+
+def pipeline_start(
+    pipe, steps: int, noise: torch.Tensor, start: torch.Tensor | None = None, strength: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A diffusers pipeline's starting latents and the timesteps left to run.
+
+    Without ``start`` latents: pure ``noise`` over every step. With them (img2img): only the last
+    ``strength`` of the steps run (at least one), from ``start`` noised to the first of them.
+    """
+    pipe.scheduler.set_timesteps(steps, device=noise.device)
+    timesteps = pipe.scheduler.timesteps
+    if start is None:
+        return noise * pipe.scheduler.init_noise_sigma, timesteps
+    timesteps = timesteps[steps - max(1, round(steps * strength)) :]
+    return pipe.scheduler.add_noise(start, noise, timesteps[:1]), timesteps

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mindpipe.models.checkpoint import require_local_weights
-from mindpipe.models.sampling import resize_square, vae_latents
+from mindpipe.models.sampling import pipeline_start, resize_square, vae_latents
 
 
 def load_pretrained_unclip(local_dir: str | Path, device: str | torch.device = "cpu"):
@@ -130,14 +130,8 @@ def _sample_batch(
     if guided:
         cond = torch.cat([torch.zeros_like(cond), cond])
 
-    pipe.scheduler.set_timesteps(steps, device=device)
-    timesteps = pipe.scheduler.timesteps
-    if blurry is None:
-        latents = noise * pipe.scheduler.init_noise_sigma
-    else:
-        timesteps = timesteps[steps - max(1, round(steps * strength)) :]
-        start = vae_latents(pipe, blurry, render).to(dtype)
-        latents = pipe.scheduler.add_noise(start, noise, timesteps[:1])
+    start = None if blurry is None else vae_latents(pipe, blurry, render).to(dtype)
+    latents, timesteps = pipeline_start(pipe, steps, noise, start, strength)
 
     for t in timesteps:
         x = torch.cat([latents, latents]) if guided else latents

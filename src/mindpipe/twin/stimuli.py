@@ -176,11 +176,15 @@ def caption(
     colour, texture or position words (in that order) where False: ``"a red triangle"``.
     """
     size_word = "small" if size < 0.35 else "medium" if size < 0.48 else "large"
+    keep_size, keep_colour, keep_texture, keep_position = keep
     words = [
-        w for w, k in zip((size_word, colour, TEXTURE_WORDS[texture]), keep, strict=False) if k
+        *([size_word] if keep_size else []),
+        *([colour] if keep_colour else []),
+        *([TEXTURE_WORDS[texture]] if keep_texture else []),
+        category,
+        *([position_phrase(x, y)] if keep_position else []),
     ]
-    position = [position_phrase(x, y)] if keep[3] else []
-    return " ".join(["a", *words, category, *position])
+    return " ".join(["a", *words])
 
 
 def position_phrase(x: float, y: float, threshold: float = 0.25) -> str:
