@@ -21,23 +21,6 @@ from mindpipe.tracking import dataset_hash
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(twin_tiny, tmp_path_factory):
-    """Every stage of the registry run once on the tiny twin; returns the project folder."""
-    project = tmp_path_factory.mktemp("project")
-    write_params(project, twin_tiny)
-    cwd = os.getcwd()
-    os.chdir(project)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project}/mlruns.db"
-    try:
-        for stage in STAGES:
-            assert main(["stage", stage.name]) == 0, stage.name
-    finally:
-        os.chdir(cwd)
-        del os.environ["MLFLOW_TRACKING_URI"]
-    return project
-
-
 def read_metrics(project: Path, stage: str) -> dict:
     return json.loads((project / "artifacts" / stage / "metrics.json").read_text())
 

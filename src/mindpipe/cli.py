@@ -95,6 +95,48 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", help="default: base.data_dir")
     gen.add_argument("--params", default="params.yaml")
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="an Optuna study over a training stage's params (space in sweeps/STAGE.yaml)",
+        description="Each trial runs the stage with the trial's params and is a nested MLflow "
+        "run under the study's parent run; trials that trail the median at the same validation "
+        "check are pruned. Several workers may run the same --study against one --storage.",
+    )
+    sweep.add_argument("stage", choices=[s.name for s in STAGES], metavar="STAGE")
+    sweep.add_argument("--trials", type=int, default=20, help="trials this worker runs")
+    sweep.add_argument(
+        "--storage",
+        default="sqlite:///optuna.db",
+        help="Optuna RDB URL; postgresql://... for many workers (default: %(default)s)",
+    )
+    sweep.add_argument("--file", help="sweep file (default: sweeps/STAGE.yaml)")
+    sweep.add_argument("--study", help="study name (default: the sweep file's name)")
+    sweep.add_argument("--params", default="params.yaml", help="the params the trials start from")
+    sweep.add_argument("--no-prune", action="store_true", help="run every trial to the end")
+    sweep.add_argument("--seed", type=int, help="sampler seed (default: base.seed)")
+    sweep.add_argument("--out", help="results folder (default: .mindpipe/sweeps/STUDY)")
+
+    registry = sub.add_parser(
+        "registry", help="MLflow model registry: promote the challenger, load a version back"
+    )
+    reg_sub = registry.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+    promote = reg_sub.add_parser(
+        "promote",
+        help="make the challenger the champion if it beats it on every gate metric, both "
+        "scored now on the same validation data; refuse (exit 1) otherwise",
+    )
+    load = reg_sub.add_parser(
+        "load", help="download a version, load it, score it and check it reproduces its metrics"
+    )
+    for action in (promote, load):
+        action.add_argument("stage", metavar="STAGE", help="a stage that registers a model")
+        action.add_argument("--params", default="params.yaml", help="base.data_dir: the data")
+    promote.add_argument(
+        "--gate", action="append", default=[], help="metric to beat (repeatable; default: all)"
+    )
+    promote.add_argument("--min-delta", type=float, default=0.0, help="margin each gate needs")
+    load.add_argument("--alias", default="champion", help="default: %(default)s")
+
     kfp = sub.add_parser("kfp", help="Kubeflow Pipelines: compile components/pipelines, submit")
     kfp_sub = kfp.add_subparsers(dest="kfp_command", required=True, metavar="ACTION")
     kcompile = kfp_sub.add_parser("compile", help="regenerate components/ and pipelines/")
@@ -381,12 +423,83 @@ def cmd_kfp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mindpipe.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.file or Path("sweeps") / f"{args.stage}.yaml")
+    if not args.verbose:  # one line per trial, not every stage's own log
+        logging.getLogger("mindpipe").setLevel(logging.WARNING)
+        logging.getLogger("mindpipe.sweep").setLevel(logging.INFO)
+    if spec.stage != args.stage:
+        raise MindpipeError(f"sweep file '{spec.path}' sweeps {spec.stage!r}, not {args.stage!r}")
+    result = run_sweep(
+        spec,
+        trials=args.trials,
+        params_path=args.params,
+        storage=args.storage,
+        study_name=args.study,
+        prune=not args.no_prune,
+        seed=args.seed,
+        out_dir=args.out,
+    )
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.states.items()))
+    defaults = "n/a" if result.defaults_value is None else f"{result.defaults_value:.4f}"
+    print(
+        f"study {result.study}: {states}; this worker {result.worker_trials} trials, "
+        f"{result.trials_per_minute:.1f}/min\n"
+        f"best {spec.objective.metric} ({spec.objective.aggregate}, validation): "
+        f"{result.best_value:.4f} (params.yaml's values: {defaults})\n"
+        f"best params: {result.best_params}\n"
+        f"apply: dvc exp run $(cat {result.out_dir}/best_params.txt)\n"
+        f"   or: cp {result.out_dir}/best_params.yaml params.yaml && dvc repro"
+    )
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from mindpipe.stages import get_stage, parse_all
+    from mindpipe.tracking import dataset_hash
+    from mindpipe.tracking.registry import promote, reproduces, score_version
+    from mindpipe.tracking.runs import check_tracking_server, tracking_errors
+
+    stage = get_stage(args.stage)
+    if stage.scorer is None:
+        scored = [s.name for s in STAGES if s.scorer]
+        raise MindpipeError(f"stage {stage.name!r} registers no scored model; these do: {scored}")
+    base, sections = parse_all(load_params(args.params))
+    data_dir = Path(base.data_dir)
+    check_tracking_server()
+    with tracking_errors(f"{args.registry_command} mindpipe-{stage.name}"):
+        if args.registry_command == "promote":
+            done = promote(
+                stage,
+                sections[stage.name],
+                base,
+                gates=tuple(args.gate),
+                min_delta=args.min_delta,
+                data_hash=dataset_hash(data_dir),
+            )
+            old = f"v{done.champion.version}" if done.champion else "none"
+            for gate in done.gates:
+                before = f"{done.champion.card.metrics[gate]:.4f}" if done.champion else "-"
+                print(f"{gate}: {done.challenger.card.metrics[gate]:.4f} (champion: {before})")
+            print(f"mindpipe-{stage.name}: champion is now v{done.challenger.version} (was {old})")
+            return 0
+        scored = score_version(stage, args.alias, sections[stage.name], base)
+        for metric, (logged, now) in reproduces(scored).items():
+            print(f"{metric}: logged {logged:.6f}, now {now:.6f}")
+        print(f"mindpipe-{stage.name}@{args.alias} (v{scored.version}) reproduces its metrics")
+    return 0
+
+
 COMMANDS = {
     "data": cmd_data,
     "kfp": cmd_kfp,
+    "registry": cmd_registry,
     "run": cmd_run,
     "stage": cmd_stage,
     "stages": cmd_stages,
+    "sweep": cmd_sweep,
     "compile": cmd_compile,
     "twin": cmd_twin,
 }

@@ -19,3 +19,7 @@ class ValidationError(DataError):
 
 class MissingWeightsError(MindpipeError):
     """Pretrained weights were asked for but the local path does not hold them."""
+
+
+class TrackingError(MindpipeError):
+    """The MLflow tracking store could not be reached or written: results would be lost."""

@@ -114,15 +114,20 @@ class BaseParams:
             )
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
-    """Read params.yaml into a plain dict of sections; a missing or malformed file is an error."""
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content (``{}`` if empty); a missing or malformed ``what`` is an error."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"params file not found: '{path}'")
+        raise ParamsError(f"{what} not found: '{path}'")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ParamsError(f"params file '{path}' is not valid YAML: {exc}") from exc
+        raise ParamsError(f"{what} '{path}' is not valid YAML: {exc}") from exc
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """Read params.yaml into a plain dict of sections; a missing or malformed file is an error."""
+    raw = read_yaml(path, "params file")
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise ParamsError(f"params file '{path}' must map section names to mappings")
     return raw

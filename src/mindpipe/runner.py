@@ -6,11 +6,13 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 from mindpipe.exceptions import MindpipeError
 from mindpipe.params import load_params, section_dict
 from mindpipe.stages import get_stage, parse_all, resolve_inputs, stage_out_dir
 from mindpipe.tracking import lineage_tags, log_stage_run
+from mindpipe.tracking.runs import check_tracking_server
 from mindpipe.utils import atomic_dir, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
@@ -20,22 +22,26 @@ STEPS_FILE = "steps.json"
 
 def run_stage(
     name: str,
-    params_path: str | Path = "params.yaml",
+    params: str | Path | dict[str, Any] = "params.yaml",
     *,
     input_dirs: dict[str, Path] | None = None,
     out: Path | None = None,
+    track: bool = True,
 ) -> dict[str, float]:
-    """Execute stage ``name`` with the params in ``params_path``; return its metrics.
+    """Execute stage ``name`` with ``params`` (a params file, or its sections as a dict).
 
     Outputs appear at ``artifacts/<name>/`` (or ``out``) only if the stage and its MLflow
     logging both succeed; otherwise the previous outputs (or nothing) remain. ``input_dirs``
     replaces the registry's data/artifacts resolution for the named inputs, so an orchestrator
-    (KFP) that mounts folders elsewhere runs the very same stage code.
+    (KFP) that mounts folders elsewhere runs the very same stage code. ``track=False`` skips
+    MLflow: a sweep logs its trials itself, as nested runs, and registers no model.
     """
     stage = get_stage(name)
-    base, sections = parse_all(load_params(params_path))
+    base, sections = parse_all(params if isinstance(params, dict) else load_params(params))
     params = sections[name]
     inputs = resolve_inputs(stage, base, input_dirs)
+    if track:
+        check_tracking_server()
     seed_everything(base.seed)
     logger.info("stage %s: inputs %s", name, {k: str(v) for k, v in inputs.items()})
 
@@ -43,6 +49,12 @@ def run_stage(
         metrics = stage.load_func()(**inputs, out_dir=tmp, params=params, base=base)
         _check_metrics(name, metrics)
         write_json(tmp / "metrics.json", metrics)
+        if not track:
+            return metrics
+        model_dir = tmp / stage.model if stage.model else None
+        card = None
+        if model_dir is not None and stage.scorer:
+            card = stage.load_scorer()(model_dir, params=params, base=base, **inputs)
         all_params = {"base": section_dict(base), name: section_dict(params)}
         log_stage_run(
             stage=name,
@@ -53,7 +65,8 @@ def run_stage(
             ),
             artifacts=[tmp / "metrics.json", *(tmp / p for p in stage.plots if (tmp / p).exists())],
             steps=_read_steps(tmp / STEPS_FILE),
-            model=tmp / stage.model if stage.model else None,
+            model=model_dir,
+            card=card,
         )
     return metrics
 

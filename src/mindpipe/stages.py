@@ -34,6 +34,17 @@ class Resources:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """A saved model, loaded, with its validation scores (higher is better) and an example
+    input/output pair (numpy arrays) from which the registry infers the model's signature."""
+
+    model: Any
+    metrics: dict[str, float]
+    example_input: Any
+    example_output: Any
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
     """One DAG node.
 
@@ -54,6 +65,11 @@ class Stage:
     model : str or None
         Subfolder of the output holding the stage's model; the runner logs it to MLflow and
         registers it as a version of ``mindpipe-<name>`` (alias ``challenger``).
+    scorer : str or None
+        ``module:function`` that loads a saved model folder and scores it on the validation
+        split, ``(model_dir, *, params, base, **inputs) -> ModelCard`` (the stage's inputs, by
+        the same keywords); the registry records its metrics and signature, and promotion
+        compares two versions with it on the same data.
     """
 
     name: str
@@ -65,6 +81,7 @@ class Stage:
     after: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
     model: str | None = None
+    scorer: str | None = None
     resources: Resources = Resources()
 
     def load_func(self) -> Callable[..., dict[str, float]]:
@@ -72,6 +89,11 @@ class Stage:
 
     def load_params_cls(self) -> type:
         return _import(self.params_cls)
+
+    def load_scorer(self) -> Callable[..., ModelCard]:
+        if self.scorer is None:
+            raise MindpipeError(f"stage {self.name!r} declares no model scorer")
+        return _import(self.scorer)
 
     def upstream(self) -> tuple[str, ...]:
         """Names of the stages this one waits for."""
@@ -122,6 +144,8 @@ STAGES: tuple[Stage, ...] = (
         params_cls="mindpipe.models.baselines:RidgeParams",
         inputs={"betas_dir": "preprocess"},
         code=("models", "features"),
+        model="ridge/models",
+        scorer="mindpipe.models.baselines:score_saved_ridge",
         resources=Resources(cpu="2", memory="4Gi"),
     ),
     Stage(
@@ -145,6 +169,7 @@ STAGES: tuple[Stage, ...] = (
         code=("models", "recipes", "twin"),
         plots=("plots/ablation.png",),
         model="model",
+        scorer="mindpipe.recipes.mlip:score_saved_model",
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(
@@ -166,6 +191,8 @@ STAGES: tuple[Stage, ...] = (
         params_cls="mindpipe.recipes.litemind:LiteMindParams",
         inputs={"betas_dir": "preprocess", "features_dir": "features"},
         code=("models", "recipes"),
+        model="litemind/models",
+        scorer="mindpipe.recipes.litemind:score_saved_litemind",
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(

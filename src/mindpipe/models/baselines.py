@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from mindpipe.evaluate.predictions import save_predictions
 from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
-from mindpipe.exceptions import ParamsError
+from mindpipe.exceptions import MissingWeightsError, ParamsError
 from mindpipe.features import attribute_features
 from mindpipe.io.betas import list_subjects, load_betas, load_stimuli
 from mindpipe.params import BaseParams
+from mindpipe.stages import ModelCard
 from mindpipe.utils import progress, write_json
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,41 @@ def save_ridge(folder: Path, fit: RidgeFit, tensors: dict | None = None, **confi
         str(folder / "model.safetensors"),
     )
     write_json(folder / "config.json", {"kind": "ridge", "alpha": fit.alpha, **config})
+
+
+def load_ridge(folder: Path) -> tuple[RidgeFit, dict[str, np.ndarray]]:
+    """The fit saved by :func:`save_ridge`, and its extra tensors; a missing file is named."""
+    weights, config = Path(folder) / "model.safetensors", Path(folder) / "config.json"
+    for path in (weights, config):
+        if not path.is_file():
+            raise MissingWeightsError(f"ridge model file '{path}' is missing")
+    tensors = load_file(str(weights))
+    weight, bias = tensors.pop("weight"), tensors.pop("bias")
+    alpha = json.loads(config.read_text())["alpha"]
+    return RidgeFit(weight, bias, alpha, None), tensors
+
+
+def score_saved_ridge(
+    model_dir: Path, *, betas_dir: Path, params: RidgeParams, base: BaseParams
+) -> ModelCard:
+    """The saved ridge models' validation top-1 (mean over subjects), the score each alpha was
+    chosen on. The signature is the first subject's model."""
+    stimuli = load_stimuli(betas_dir)
+    features, _ = attribute_features(stimuli)
+    row = {stim: i for i, stim in enumerate(stimuli["stim_id"])}
+    fits, scores, example = {}, [], None
+    for subject in list_subjects(betas_dir):
+        fit, stats = load_ridge(Path(model_dir) / subject)
+        sb = load_betas(betas_dir, subject)
+        val = (features[[row[i] for i in sb.stim["val"]]] - stats["feature_mean"]) / stats[
+            "feature_std"
+        ]
+        voxels = np.asarray(sb.betas["val"], dtype=np.float32)
+        scores.append(_val_score(fit.predict(voxels), val)[0])
+        fits[subject] = fit
+        if example is None:
+            example = (voxels[:2], fit.predict(voxels[:2]).astype(np.float32))
+    return ModelCard(fits, {"val_top1": float(np.mean(scores))}, *example)
 
 
 def fit_ridge_baseline(

@@ -24,6 +24,7 @@ from torch import nn
 from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
 from mindpipe.exceptions import ParamsError
 from mindpipe.models.losses import info_nce, mixco_nce, soft_clip
+from mindpipe.reporting import report
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +119,13 @@ def fit_contrastive(
     config: TrainConfig,
     device: torch.device,
     seed: int,
+    *,
+    report_as: str,
 ) -> TrainResult:
     """Train ``model`` in place and load the weights of its best validation epoch.
 
     ``train``/``val`` are ``(voxels (n, V), target (n, ...))`` pairs; targets are CLIP embeddings.
+    Each epoch's validation top-1 is announced as ``report_as`` (see :mod:`mindpipe.reporting`).
     """
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
@@ -153,6 +157,7 @@ def fit_contrastive(
             sched.step()
         score = val_top1(model, val[0], val[1], device)
         history.append(score)
+        report(report_as, epoch, score)
         if score > best[0]:
             best = (score, epoch, copy.deepcopy(model.state_dict()))
     model.load_state_dict(best[2])

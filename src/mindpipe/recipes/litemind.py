@@ -28,11 +28,18 @@ from mindpipe.exceptions import ParamsError
 from mindpipe.features.store import FeatureStore
 from mindpipe.io.betas import list_subjects, load_betas
 from mindpipe.models.baselines import save_ridge, select_ridge
-from mindpipe.models.checkpoint import save_checkpoint
+from mindpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from mindpipe.models.litemind import LiteMind, LiteMindConfig
 from mindpipe.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
 from mindpipe.params import BaseParams
-from mindpipe.recipes.contrastive import TrainConfig, fit_contrastive, predict, resolve_device
+from mindpipe.recipes.contrastive import (
+    TrainConfig,
+    fit_contrastive,
+    predict,
+    resolve_device,
+    val_top1,
+)
+from mindpipe.stages import ModelCard
 from mindpipe.utils import progress
 
 logger = logging.getLogger(__name__)
@@ -104,6 +111,11 @@ class TargetSpace:
     def save(self, path: Path) -> None:
         np.savez(path, mean=self.mean, std=self.std, norm=self.norm)
 
+    @classmethod
+    def load(cls, path: Path) -> TargetSpace:
+        with np.load(path) as stats:
+            return cls(stats["mean"], stats["std"], float(stats["norm"]))
+
 
 def clip_targets(store: FeatureStore, stim_ids: np.ndarray, target: str) -> np.ndarray:
     """``(n, 1 + T, D)`` pooled + patch tokens, or ``(n, 1, D)`` pooled, of each stimulus."""
@@ -157,6 +169,33 @@ def fit_ridge_decoder(
     return decoded, {"val_top1": fit.val_score, "alpha": fit.alpha}
 
 
+def score_saved_litemind(
+    model_dir: Path,
+    *,
+    betas_dir: Path,
+    features_dir: Path,
+    params: LiteMindParams,
+    base: BaseParams,
+) -> ModelCard:
+    """The saved Lite-Mind decoders' validation top-1 (mean over subjects), the score each
+    subject's epoch was chosen on. The signature is the first subject's model."""
+    store = FeatureStore(features_dir)
+    device = resolve_device(params.device)
+    models, scores, example = {}, [], None
+    for subject in list_subjects(betas_dir):
+        folder = Path(model_dir) / subject
+        model = load_checkpoint(folder, LiteMind, LiteMindConfig, f"Lite-Mind {subject}")
+        space = TargetSpace.load(folder / "target_stats.npz")
+        sb = load_betas(betas_dir, subject)
+        target = space.encode(clip_targets(store, sb.stim["val"], params.target))
+        scores.append(val_top1(model.to(device), sb.betas["val"], target, device))
+        models[subject] = model
+        if example is None:
+            voxels = np.asarray(sb.betas["val"][:2], dtype=np.float32)
+            example = (voxels, predict(model, voxels, device))
+    return ModelCard(models, {"val_top1": float(np.mean(scores))}, *example)
+
+
 def train_litemind(
     *,
     betas_dir: Path,
@@ -182,7 +221,13 @@ def train_litemind(
                 torch.manual_seed(base.seed)
                 model = build_decoder(kind, sb.n_voxels, n_tokens, store.dim, params)
                 result = fit_contrastive(
-                    model, data["train"], data["val"], params.train, device, base.seed
+                    model,
+                    data["train"],
+                    data["val"],
+                    params.train,
+                    device,
+                    base.seed,
+                    report_as=f"{kind}.{subject}.val_top1",
                 )
                 decoded = predict(model, data["test"][0], device)
                 save_checkpoint(folder, model, kind=type(model).__name__, target=params.target)

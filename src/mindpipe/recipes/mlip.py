@@ -40,12 +40,15 @@ from mindpipe.models.mlip import (
     build_mlip,
     build_vocab,
     load_config,
+    load_mlip,
     preprocess_images,
     save_mlip,
     tokenize,
 )
 from mindpipe.params import BaseParams
 from mindpipe.recipes.contrastive import resolve_device
+from mindpipe.reporting import report
+from mindpipe.stages import ModelCard
 from mindpipe.utils import progress
 
 logger = logging.getLogger(__name__)
@@ -110,7 +113,15 @@ def pretrain_mlip(
         torch.manual_seed(base.seed)
         model = build_mlip(cfg).to(device)
         weights = (0.0, 0.0) if name == "clip" else (params.frequency_weight, params.token_weight)
-        best_epoch, seconds = train_model(model, train, evals["val"], params, weights, base.seed)
+        best_epoch, seconds = train_model(
+            model,
+            train,
+            evals["val"],
+            params,
+            weights,
+            base.seed,
+            report_as=f"{name}.val_retrieval_top1",
+        )
         scores = evaluate_model(model, evals["test"], params.prompts, categories, held_out)
         scores["val_retrieval_top1"] = float(np.mean(list(retrieval(model, evals["val"]).values())))
         scores |= {"best_epoch": best_epoch, "train_seconds": seconds}
@@ -126,6 +137,21 @@ def pretrain_mlip(
     _plot(table, out_dir / "plots" / "ablation.png", 1 / len(categories))
     metrics["chance.zero_shot"] = 1 / len(categories)
     return metrics
+
+
+def score_saved_model(
+    model_dir: Path, *, data_dir: Path, params: MLIPParams, base: BaseParams
+) -> ModelCard:
+    """The saved model's validation image-text retrieval: the score its epoch was chosen on."""
+    model = load_mlip(model_dir, resolve_device(params.device))
+    stimuli = read_stimuli(data_dir)
+    val = stimuli[stimuli["split"] == "val"]
+    pairs = _pairs(load_images(data_dir, val), val, model.config)
+    score = float(np.mean(list(retrieval(model, pairs).values())))
+    example = pairs.pixels[:2]
+    with torch.no_grad():
+        output = model.eval().encode_image(example.to(next(model.parameters()).device))[0]
+    return ModelCard(model, {"val_retrieval_top1": score}, example.numpy(), output.cpu().numpy())
 
 
 def pretraining_corpus(
@@ -180,9 +206,12 @@ def clip_losses(
 
 
 def train_model(
-    model: MLIP, train: Pairs, val: Pairs, params: MLIPParams, weights, seed: int
+    model: MLIP, train: Pairs, val: Pairs, params: MLIPParams, weights, seed: int, *, report_as: str
 ) -> tuple[int, float]:
-    """AdamW + cosine; keeps the epoch with the best validation image-text retrieval."""
+    """AdamW + cosine; keeps the epoch with the best validation image-text retrieval.
+
+    Each epoch's score is announced as ``report_as`` (see :mod:`mindpipe.reporting`).
+    """
     device = next(model.parameters()).device
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
@@ -204,6 +233,7 @@ def train_model(
             opt.step()
             sched.step()
         score = np.mean(list(retrieval(model, val).values()))
+        report(report_as, epoch, score)
         if score > best[0]:
             best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.load_state_dict(best[2])

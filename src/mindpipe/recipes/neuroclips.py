@@ -748,6 +748,7 @@ def neuroclips(
             params.semantics,
             device,
             base.seed,
+            report_as=f"{subject}.semantics.val_top1",
         )
         test_ids = np.asarray(sb.stim["test"])
         truth = clips_u8[rows(test_ids)]

@@ -1,0 +1,110 @@
+"""`mindpipe registry`: versions with signature, metrics and lineage; gated promotion; reload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlflow
+import pytest
+import torch
+
+from fakes import write_params
+from mindpipe.cli import main
+from mindpipe.models.mlip import MLIP
+from mindpipe.params import load_params
+from mindpipe.stages import get_stage, parse_all
+from mindpipe.tracking.registry import CHAMPION, reproduces, score_version
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, tiny_run):
+    """An empty project whose raw data already passed the gate (the tiny run's)."""
+    shutil.copytree(
+        tiny_run / "artifacts" / "validate_raw", tmp_path / "artifacts" / "validate_raw"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+    return tmp_path
+
+
+def train_mlip(project, twin_tiny, epochs: int) -> None:
+    write_params(project, twin_tiny, mlip={"epochs": epochs})
+    assert main(["stage", "mlip"]) == 0
+
+
+def champion() -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias("mindpipe-mlip", CHAMPION).version)
+
+
+def test_promotion_is_gated_and_the_champion_reproduces_its_metric(project, twin_tiny, capsys):
+    train_mlip(project, twin_tiny, epochs=1)
+    assert main(["registry", "promote", "mlip"]) == 0  # no champion yet: the first becomes it
+    assert champion() == "1"
+
+    train_mlip(project, twin_tiny, epochs=6)  # better on validation
+    assert main(["registry", "promote", "mlip"]) == 0
+    assert champion() == "2"
+    assert "champion is now v2 (was v1)" in capsys.readouterr().out
+
+    train_mlip(project, twin_tiny, epochs=1)  # v3: worse than v2 on the same data
+    assert main(["registry", "promote", "mlip"]) == 1
+    err = capsys.readouterr().err
+    assert "promotion of mindpipe-mlip refused" in err and "challenger v3" in err
+    assert champion() == "2"
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("mindpipe-mlip", "2")
+    assert {"mindpipe.git_commit", "mindpipe.data_hash", "mindpipe.params_hash"} <= set(
+        version.tags
+    )
+    logged = float(version.tags["metric.val_retrieval_top1"])
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["model.val_retrieval_top1"] == logged
+    assert run.data.metrics["mlip_r0.25.val_retrieval_top1"] == logged  # the stage's own score
+    signature = mlflow.models.get_model_info("models:/mindpipe-mlip/2").signature
+    assert list(signature.inputs.to_dict()[0]["tensor-spec"]["shape"])[1:] == [3, 32, 32]
+    width = signature.outputs.to_dict()[0]["tensor-spec"]["shape"][1]
+
+    assert main(["registry", "load", "mlip"]) == 0
+    assert "reproduces its metrics" in capsys.readouterr().out
+    base, sections = parse_all(load_params("params.yaml"))
+    scored = score_version(get_stage("mlip"), CHAMPION, sections["mlip"], base)
+    assert isinstance(scored.card.model, MLIP)
+    assert reproduces(scored)["val_retrieval_top1"] == (logged, pytest.approx(logged, abs=1e-9))
+    with torch.no_grad():  # a working model: it embeds images
+        assert scored.card.model.encode_image(torch.zeros(2, 3, 32, 32))[0].shape == (2, width)
+
+
+def test_litemind_decoders_are_registered_and_reload(project, tiny_run, twin_tiny, capsys):
+    """The decoders a sweep tunes go through the same registry (inputs: upstream outputs)."""
+    for stage in ("preprocess", "features"):
+        shutil.copytree(tiny_run / "artifacts" / stage, project / "artifacts" / stage)
+    write_params(project, twin_tiny)
+    assert main(["stage", "litemind"]) == 0
+    assert main(["registry", "promote", "litemind"]) == 0
+    assert main(["registry", "load", "litemind"]) == 0
+    out = capsys.readouterr().out
+    logged = float(out.split("val_top1: logged ")[1].split(",")[0])
+    metrics = json.loads((project / "artifacts/litemind/metrics.json").read_text())
+    subjects = [v for k, v in metrics.items() if k.startswith("litemind.sub-") and "val_top1" in k]
+    assert logged == pytest.approx(sum(subjects) / len(subjects), abs=1e-6)
+
+
+def test_registry_errors_are_clear(project, twin_tiny, capsys):
+    write_params(project, twin_tiny)
+    assert main(["registry", "promote", "federated"]) == 1
+    err = capsys.readouterr().err
+    assert "registers no scored model; these do: ['baseline', 'mlip', 'litemind']" in err
+    assert main(["registry", "load", "mlip"]) == 1
+    assert "has no version with alias 'champion'" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_server_stops_a_stage_before_it_runs(
+    project, twin_tiny, capsys, monkeypatch
+):
+    write_params(project, twin_tiny)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: refused
+    assert main(["stage", "mlip"]) == 1
+    assert "is unreachable" in capsys.readouterr().err
+    assert not (project / "artifacts" / "mlip").exists()
