@@ -13,7 +13,7 @@ from fakes import write_params
 from mindpipe.cli import main
 from mindpipe.models.mlip import MLIP
 from mindpipe.params import load_params
-from mindpipe.stages import get_stage, parse_all
+from mindpipe.stages import STAGES, get_stage, parse_all, resolve_inputs
 from mindpipe.tracking.registry import CHAMPION, reproduces, score_version
 
 
@@ -84,18 +84,43 @@ def test_litemind_decoders_are_registered_and_reload(project, tiny_run, twin_tin
     assert main(["stage", "litemind"]) == 0
     assert main(["registry", "promote", "litemind"]) == 0
     assert main(["registry", "load", "litemind"]) == 0
-    out = capsys.readouterr().out
-    logged = float(out.split("val_top1: logged ")[1].split(",")[0])
-    metrics = json.loads((project / "artifacts/litemind/metrics.json").read_text())
-    subjects = [v for k, v in metrics.items() if k.startswith("litemind.sub-") and "val_top1" in k]
-    assert logged == pytest.approx(sum(subjects) / len(subjects), abs=1e-6)
+    assert "mindpipe-litemind@champion (v1) reproduces its metrics" in capsys.readouterr().out
+
+
+def test_each_scorer_reproduces_its_stage_metrics(tiny_run, monkeypatch):
+    """A registered version's score is the one the stage selected its checkpoint on."""
+    monkeypatch.chdir(tiny_run)
+    base, sections = parse_all(load_params("params.yaml"))
+    for stage in (s for s in STAGES if s.scorer):
+        card = stage.load_scorer()(
+            tiny_run / "artifacts" / stage.name / stage.model,
+            params=sections[stage.name],
+            base=base,
+            **resolve_inputs(stage, base),
+        )
+        logged = json.loads((tiny_run / "artifacts" / stage.name / "metrics.json").read_text())
+        for metric, value in card.metrics.items():
+            if stage.name == "mlip":  # per variant; the saved model is the merge-ratio one
+                metric = f"mlip_r{sections['mlip'].merge_ratio:g}.{metric}"
+            elif stage.name in ("baseline", "litemind"):  # per subject in the stage's metrics
+                prefix = "litemind." if stage.name == "litemind" else ""
+                per_subject = [
+                    v
+                    for k, v in logged.items()
+                    if k.startswith(f"{prefix}sub-") and k.endswith(metric)
+                ]
+                logged[metric] = sum(per_subject) / len(per_subject)
+            assert value == pytest.approx(logged[metric], abs=1e-6), (stage.name, metric)
+        assert card.example_input.shape[0] == card.example_output.shape[0] == 2
 
 
 def test_registry_errors_are_clear(project, twin_tiny, capsys):
     write_params(project, twin_tiny)
     assert main(["registry", "promote", "federated"]) == 1
     err = capsys.readouterr().err
-    assert "registers no scored model; these do: ['baseline', 'mlip', 'litemind']" in err
+    assert (
+        "registers no scored model; these do: ['baseline', 'mlip', 'litemind', 'neuroclips']" in err
+    )
     assert main(["registry", "load", "mlip"]) == 1
     assert "has no version with alias 'champion'" in capsys.readouterr().err
 

@@ -227,3 +227,34 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(
     assert len(failed) == result.states["FAIL"]
     assert all(r.info.status == "FAILED" for r in failed)
     assert "non-finite metrics" in failed[0].data.tags["mindpipe.sweep.error"]
+
+
+def test_the_loser_of_the_schema_race_retries_and_a_bad_url_does_not(monkeypatch):
+    """Workers started together on an empty database race to create Optuna's tables."""
+    import sqlalchemy.exc
+
+    import mindpipe.sweep.study as study_module
+    from mindpipe.exceptions import MindpipeError
+
+    calls = []
+
+    def racing(url):
+        calls.append(url)
+        if len(calls) == 1:  # the other worker created the enum type first
+            raise sqlalchemy.exc.IntegrityError("CREATE TYPE studydirection", {}, Exception())
+        return "storage"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(study_module.time, "sleep", lambda s: None)
+    assert study_module.open_storage("postgresql://u:secret@h/db") == "storage"
+    assert len(calls) == 2
+
+    def refused(url):
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("refused"))
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", refused)
+    with pytest.raises(MindpipeError, match=r"postgresql://u:\*\*\*@h/db") as err:
+        study_module.open_storage("postgresql://u:secret@h/db")
+    assert len(calls) == 1 and "secret" not in str(err.value)

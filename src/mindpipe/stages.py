@@ -248,6 +248,8 @@ STAGES: tuple[Stage, ...] = (
         },
         code=("models", "recipes", "evaluate", "io", "features"),
         plots=("plots/grid.png", "plots/sample.gif", "plots/sample_scene.gif"),
+        model="models",
+        scorer="mindpipe.recipes.neuroclips:score_saved_reconstructors",
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(

@@ -54,7 +54,7 @@ from mindpipe.io import VIDEO_DATASET, read_stimuli, video_dataset
 from mindpipe.io.betas import load_betas
 from mindpipe.io.images import load_video
 from mindpipe.models.animatediff_sampler import sample_pretrained
-from mindpipe.models.checkpoint import save_checkpoint
+from mindpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from mindpipe.models.frame_classifier import FrameClassifierConfig, fit_frame_classifier
 from mindpipe.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
 from mindpipe.models.perception import PerceptionConfig, PerceptionReconstructor
@@ -66,8 +66,15 @@ from mindpipe.models.video_diffusion import (
     save_video_model,
 )
 from mindpipe.params import BaseParams
-from mindpipe.recipes.contrastive import TrainConfig, fit_contrastive, predict, resolve_device
+from mindpipe.recipes.contrastive import (
+    TrainConfig,
+    fit_contrastive,
+    predict,
+    resolve_device,
+    val_top1,
+)
 from mindpipe.recipes.reconstruct import step_with_ema, unit_rows, write_grid
+from mindpipe.stages import ModelCard
 from mindpipe.utils import progress, write_json
 
 logger = logging.getLogger(__name__)
@@ -853,6 +860,51 @@ def neuroclips(
     if scene_gifs:
         shutil.copyfile(scene_gifs[0], out_dir / "plots" / "sample_scene.gif")
     return metrics
+
+
+def score_saved_reconstructors(
+    model_dir: Path,
+    *,
+    data_dir: Path,
+    betas_dir: Path,
+    features_dir: Path,
+    params: NeuroClipsParams,
+    base: BaseParams,
+    **_unused: Path,  # mlip_dir, reconstruct_dir: the video model is not scored here
+) -> ModelCard:
+    """The saved reconstructors' validation scores, each the one its checkpoint was chosen on
+    (means over ``params.subjects``): the Perception Reconstructor's PixCorr against the
+    blurry target, the Semantics Reconstructor's top-1 retrieval of the keyframe embedding.
+    The signature is the first subject's Semantics Reconstructor."""
+    device = resolve_device(params.device)
+    video_dir = video_dataset(data_dir)
+    table = read_stimuli(video_dir).set_index("stim_id", drop=False)
+    store = FeatureStore(Path(features_dir) / VIDEO_DATASET)
+    models, pixcorrs, top1s, example = {}, [], [], None
+    for subject in params.subjects:
+        folder = Path(model_dir) / subject
+        perception = load_checkpoint(
+            folder / "perception", PerceptionReconstructor, PerceptionConfig, "perception"
+        ).to(device)
+        semantics = load_checkpoint(
+            folder / "semantics", MindEyeMLP, MindEyeMLPConfig, "semantics"
+        ).to(device)
+        sb = load_betas(Path(betas_dir) / VIDEO_DATASET, subject)
+        val_ids = list(sb.stim["val"])
+        clips = to_unit(load_clips(video_dir, list(table.loc[val_ids, "file"])))
+        fps = round(clips.shape[1] / 2.0)  # as in the stage: one TR of 2 s per clip
+        target = blurry_target(clips, fps, params.blurry_size)
+        pixcorrs.append(pixcorr(perceive(perception, sb.betas["val"], device), target))
+        top1s.append(val_top1(semantics, sb.betas["val"], store.image_pooled(val_ids), device))
+        models[subject] = {"perception": perception, "semantics": semantics}
+        if example is None:
+            voxels = np.asarray(sb.betas["val"][:2], dtype=np.float32)
+            example = (voxels, predict(semantics, voxels, device))
+    metrics = {
+        "perception.val_pixcorr": float(np.mean(pixcorrs)),
+        "semantics.val_top1": float(np.mean(top1s)),
+    }
+    return ModelCard(models, metrics, *example)
 
 
 def _write_subject_outputs(

@@ -245,7 +245,7 @@ def _open_study(spec: SweepSpec, name: str, storage: str, prune: bool, seed: int
         if prune
         else optuna.pruners.NopPruner()
     )
-    kwargs = {"study_name": name, "storage": storage, "pruner": pruner}
+    kwargs = {"study_name": name, "storage": open_storage(storage), "pruner": pruner}
     try:
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         study = optuna.create_study(direction=spec.objective.direction, sampler=sampler, **kwargs)
@@ -262,6 +262,30 @@ def _open_study(spec: SweepSpec, name: str, storage: str, prune: bool, seed: int
         return study, False
     except Exception as exc:
         raise MindpipeError(f"cannot open the Optuna storage {_redact(storage)!r}: {exc}") from exc
+
+
+def open_storage(url: str, attempts: int = 5):
+    """Optuna's RDB storage at ``url``, its tables created on first use.
+
+    Workers started together on an empty database race to create the tables; the loser gets
+    a duplicate-object error and retries once the winner's schema is there. Connection
+    errors are not retried.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            if attempt + 1 < attempts:
+                logger.info("another worker is creating the Optuna tables; retrying")
+                time.sleep(1.0 + attempt)
+                continue
+            error = exc
+        except Exception as exc:  # a bad URL, a refused connection: no retry
+            error = exc
+        raise MindpipeError(f"cannot open the Optuna storage {_redact(url)!r}: {error}") from error
 
 
 def _enqueue_defaults(study, spec: SweepSpec, raw: dict) -> None:
