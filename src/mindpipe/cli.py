@@ -106,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     sweep.add_argument(
         "--storage",
-        default="sqlite:///optuna.db",
-        help="Optuna RDB URL; postgresql://... for many workers (default: %(default)s)",
+        help="Optuna RDB URL; postgresql://... for many workers (default: sqlite:///optuna.db)",
     )
     sweep.add_argument("--file", help="sweep file (default: sweeps/STAGE.yaml)")
     sweep.add_argument("--study", help="study name (default: the sweep file's name)")
@@ -425,6 +424,7 @@ def cmd_kfp(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mindpipe.sweep import load_sweep, run_sweep
+    from mindpipe.sweep.study import DEFAULT_STORAGE
 
     spec = load_sweep(args.file or Path("sweeps") / f"{args.stage}.yaml")
     if not args.verbose:  # one line per trial, not every stage's own log
@@ -436,7 +436,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec,
         trials=args.trials,
         params_path=args.params,
-        storage=args.storage,
+        storage=args.storage or DEFAULT_STORAGE,
         study_name=args.study,
         prune=not args.no_prune,
         seed=args.seed,

@@ -123,7 +123,7 @@ def pretrain_mlip(
             report_as=f"{name}.val_retrieval_top1",
         )
         scores = evaluate_model(model, evals["test"], params.prompts, categories, held_out)
-        scores["val_retrieval_top1"] = float(np.mean(list(retrieval(model, evals["val"]).values())))
+        scores["val_retrieval_top1"] = val_retrieval(model, evals["val"])
         scores |= {"best_epoch": best_epoch, "train_seconds": seconds}
         scores["images_per_s"] = throughput(model, evals["test"].pixels)
         # zero-shot is NaN without held-out categories (most real datasets): table only
@@ -147,7 +147,7 @@ def score_saved_model(
     stimuli = read_stimuli(data_dir)
     val = stimuli[stimuli["split"] == "val"]
     pairs = _pairs(load_images(data_dir, val), val, model.config)
-    score = float(np.mean(list(retrieval(model, pairs).values())))
+    score = val_retrieval(model, pairs)
     example = pairs.pixels[:2]
     with torch.no_grad():
         output = model.eval().encode_image(example.to(next(model.parameters()).device))[0]
@@ -232,7 +232,7 @@ def train_model(
             loss.backward()
             opt.step()
             sched.step()
-        score = np.mean(list(retrieval(model, val).values()))
+        score = val_retrieval(model, val)
         report(report_as, epoch, score)
         if score > best[0]:
             best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -270,6 +270,11 @@ def retrieval(model: MLIP, pairs: Pairs) -> dict[str, float]:
     i2t = np.mean(captions[sim.argmax(dim=1).numpy()] == captions)
     t2i = np.mean(captions[sim.argmax(dim=0).numpy()] == captions)
     return {"retrieval_i2t_top1": float(i2t), "retrieval_t2i_top1": float(t2i)}
+
+
+def val_retrieval(model: MLIP, pairs: Pairs) -> float:
+    """Mean of image->text and text->image top-1: the score epochs and versions are chosen on."""
+    return float(np.mean(list(retrieval(model, pairs).values())))
 
 
 @torch.no_grad()

@@ -191,6 +191,11 @@ def load_clips(video_dir: Path, files: list[str]) -> np.ndarray:
     return np.stack(clips)
 
 
+def clip_fps(n_frames: int) -> int:
+    """Frames per second of a clip: clips last one TR of 2 s (CC2017 and the twin)."""
+    return round(n_frames / 2.0)
+
+
 def to_unit(clips: np.ndarray) -> torch.Tensor:
     """uint8 ``(N, F, H, W, 3)`` -> float ``(N, F, 3, H, W)`` in [-1, 1]."""
     return torch.as_tensor(clips, dtype=torch.float32).permute(0, 1, 4, 2, 3) / 127.5 - 1.0
@@ -685,7 +690,7 @@ def neuroclips(
     row_of = {sid: i for i, sid in enumerate(table["stim_id"])}
     clips = to_unit(clips_u8)
     n_frames, size = clips.shape[1], clips.shape[-1]
-    fps = round(n_frames / 2.0)  # clips last one TR of 2 s (CC2017 and the twin)
+    fps = clip_fps(n_frames)
     store = FeatureStore(Path(features_dir) / VIDEO_DATASET)
     train_ids = table.index[table["split"] == "train"].to_numpy()
     rows = lambda ids: np.array([row_of[i] for i in ids])  # noqa: E731
@@ -892,7 +897,7 @@ def score_saved_reconstructors(
         sb = load_betas(Path(betas_dir) / VIDEO_DATASET, subject)
         val_ids = list(sb.stim["val"])
         clips = to_unit(load_clips(video_dir, list(table.loc[val_ids, "file"])))
-        fps = round(clips.shape[1] / 2.0)  # as in the stage: one TR of 2 s per clip
+        fps = clip_fps(clips.shape[1])
         target = blurry_target(clips, fps, params.blurry_size)
         pixcorrs.append(pixcorr(perceive(perception, sb.betas["val"], device), target))
         top1s.append(val_top1(semantics, sb.betas["val"], store.image_pooled(val_ids), device))

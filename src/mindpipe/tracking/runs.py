@@ -34,7 +34,7 @@ def start_parent_run(name: str, tags: dict[str, str]) -> str:
     import mlflow
 
     with tracking_errors(f"create the parent run {name!r}"):
-        use_experiment(mlflow, tracking_uri())
+        _use_experiment(mlflow, tracking_uri())
         with mlflow.start_run(run_name=name, tags=tags) as run:
             return str(run.info.run_id)
 
@@ -101,9 +101,9 @@ def log_run(
     import mlflow
 
     with tracking_errors(f"log run {name!r}"):
-        use_experiment(mlflow, tracking_uri())
+        _use_experiment(mlflow, tracking_uri())
         with mlflow.start_run(run_name=name, tags=tags, parent_run_id=parent_run_id) as run:
-            mlflow.log_params(flatten(params))
+            mlflow.log_params(_flatten(params))
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             for step, values in _by_step(steps or {}).items():
                 mlflow.log_metrics(values, step=step)
@@ -170,7 +170,7 @@ def _by_step(steps: dict[str, list[list[float]]]) -> dict[int, dict[str, float]]
     return out
 
 
-def use_experiment(mlflow, uri: str) -> None:
+def _use_experiment(mlflow, uri: str) -> None:
     """Point mlflow at ``uri`` and the project's experiment, creating it on first use."""
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
@@ -191,12 +191,12 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(_flatten(value, f"{name}."))
         else:
             flat[name] = value
     return flat
