@@ -111,16 +111,33 @@ def test_each_scorer_reproduces_its_stage_metrics(tiny_run, monkeypatch):
                 ]
                 logged[metric] = sum(per_subject) / len(per_subject)
             assert value == pytest.approx(logged[metric], abs=1e-6), (stage.name, metric)
-        assert card.example_input.shape[0] == card.example_output.shape[0] == 2
+        inputs = card.example_input  # one array, or named arrays (federated: three modalities)
+        first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+        assert first.shape[0] == card.example_output.shape[0] == 2
+
+
+@pytest.mark.parametrize("stage", ["reconstruct", "federated"])
+def test_generator_and_federations_register_and_reload(stage, tiny_run, monkeypatch, capsys):
+    """The tiny run registered every trained stage; these two reload from the registry (MLmodel
+    signature included) and reproduce the val scores logged on their versions."""
+    monkeypatch.chdir(tiny_run)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny_run}/mlruns.db")
+    version = mlflow.MlflowClient().get_model_version_by_alias(f"mindpipe-{stage}", "challenger")
+    assert {k for k in version.tags if k.startswith("metric.")}
+    info = mlflow.models.get_model_info(f"models:/mindpipe-{stage}/{version.version}")
+    assert info.signature.inputs is not None and info.signature.outputs is not None
+    assert main(["registry", "load", stage, "--alias", "challenger"]) == 0
+    assert f"mindpipe-{stage}@challenger (v{version.version}) reproduces its metrics" in (
+        capsys.readouterr().out
+    )
 
 
 def test_registry_errors_are_clear(project, twin_tiny, capsys):
     write_params(project, twin_tiny)
-    assert main(["registry", "promote", "federated"]) == 1
+    assert main(["registry", "promote", "evaluate"]) == 1
     err = capsys.readouterr().err
-    assert (
-        "registers no scored model; these do: ['baseline', 'mlip', 'litemind', 'neuroclips']" in err
-    )
+    trained = "['baseline', 'mlip', 'litemind', 'reconstruct', 'neuroclips', 'federated']"
+    assert f"registers no scored model; these do: {trained}" in err
     assert main(["registry", "load", "mlip"]) == 1
     assert "has no version with alias 'champion'" in capsys.readouterr().err
 

@@ -104,6 +104,17 @@ def test_the_pruning_listener_reports_the_objective_so_far_and_prunes():
         listener("litemind.sub-03.val_top1", 0, 0.0)  # mean 0.8 / 3 < 0.3
 
 
+def test_a_stage_that_keeps_its_last_check_is_judged_on_its_latest_value():
+    spec = load_sweep(ROOT / "sweeps" / "federated.yaml")
+    trial = FakeTrial(floor=0.0)
+    listener = PruningListener(trial, spec)
+    listener("pmcmfl_m00_val_accuracy", 1, 0.6, keeps_best=False)
+    listener("fedavg_m00_val_accuracy", 1, 0.9, keeps_best=False)  # not the objective
+    listener("pmcmfl_m00_val_accuracy", 2, 0.5, keeps_best=False)  # the latest counts
+    listener("pmcmfl_m50_val_accuracy", 1, 0.3, keeps_best=False)
+    assert trial.reports == [(0, 0.6), (1, 0.5), (2, pytest.approx(0.4))]
+
+
 @pytest.fixture
 def tracked(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
@@ -149,6 +160,40 @@ def test_sweep_beats_the_defaults_prunes_and_logs_nested_runs(
     parse_all(best)  # a params file dvc repro can run
     assert "-S 'litemind.train.lr=" in (out / "best_params.txt").read_text()
     assert (out / "trials.png").stat().st_size > 0
+
+
+def test_a_federated_sweep_judges_each_round_as_the_stage_keeps_it(
+    tiny_run, tmp_path, tracked, monkeypatch, capsys
+):
+    """The federation keeps its last round's model: each trial's curve ends at its objective."""
+    monkeypatch.chdir(tiny_run)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["sweep", "federated", "--file", str(ROOT / "sweeps" / "federated.yaml")]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # the results replace --out whole: refused
+    assert main([*args, "--trials", "3", "--storage", storage, "--out", str(out)]) == 1
+    assert "holds other files (notes.txt)" in capsys.readouterr().err
+    (out / "notes.txt").unlink()
+    assert main([*args, "--trials", "3", "--storage", storage, "--out", str(out)]) == 0
+
+    assert [
+        t.state.name for t in optuna.load_study(study_name="federated", storage=storage).trials
+    ] == ["COMPLETE"] * 3
+    mlflow.set_tracking_uri(tracked)
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    nested = [r for r in runs if r.info.run_name.startswith("trial-")]
+    assert len(nested) == 3
+    for run in nested:
+        curve = client.get_metric_history(run.info.run_id, "objective_so_far")
+        rounds = 2 * 3  # two missing rates x the tiny profile's 3 rounds, PmcmFL only
+        assert len(curve) == rounds
+        final = (
+            run.data.metrics["pmcmfl_m00_val_accuracy"]
+            + run.data.metrics["pmcmfl_m50_val_accuracy"]
+        ) / 2
+        assert curve[-1].value == pytest.approx(final) == run.data.metrics["objective"]
 
 
 def test_an_unreachable_tracking_server_fails_before_any_trial(

@@ -210,6 +210,8 @@ STAGES: tuple[Stage, ...] = (
         },
         code=("models", "recipes"),
         plots=("plots/grid.png",),
+        model="model",
+        scorer="mindpipe.recipes.reconstruct:score_saved_reconstruct",
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(
@@ -261,6 +263,8 @@ STAGES: tuple[Stage, ...] = (
         inputs={"betas_dir": "preprocess", "features_dir": "features"},
         code=("federated", "models", "recipes"),
         plots=("plots/accuracy_vs_round.png",),
+        model="models",
+        scorer="mindpipe.recipes.federated:score_saved_federation",
         resources=Resources(cpu="2", memory="8Gi", gpu=0),
     ),
 )

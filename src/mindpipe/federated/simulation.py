@@ -12,9 +12,10 @@ With the strategies' site-indexed sampling and ordering, both engines give the s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,13 +55,21 @@ def simulate(
 ) -> History:
     """Run ``n_rounds`` of ``strategy`` over sites ``0..n_sites-1`` on ``engine`` (one of
     ``ENGINES``; ``FederatedParams`` checks it)."""
+    with one_torch_thread():
+        _ENGINE_RUNNERS[engine](make_client, n_sites, strategy, n_rounds)
+    return History(strategy.rounds, strategy.final, strategy.last_completed)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one intra-op thread (see the module docstring), restored afterwards; scoring
+    a saved federation uses it too, so its sums match the simulation's."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _ENGINE_RUNNERS[engine](make_client, n_sites, strategy, n_rounds)
+        yield
     finally:
         torch.set_num_threads(threads)
-    return History(strategy.rounds, strategy.final, strategy.last_completed)
 
 
 def _run_inprocess(

@@ -9,6 +9,8 @@ accuracy, failures and bytes sent both ways.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flwr.common import (
     EvaluateIns,
@@ -28,6 +30,7 @@ from flwr.server.strategy.aggregate import aggregate
 
 from mindpipe.federated.client import FILLS
 from mindpipe.models.pmcmfl import PrototypeLibrary
+from mindpipe.reporting import report
 
 STRATEGIES = FILLS  # fedavg / fedavg_zero share the server side; only the sites' fill differs
 
@@ -44,13 +47,17 @@ class SiteFedAvg(FedAvg):
         n_sites: int,
         clients_per_round: int,
         seed: int,
+        report_as: str = "",
     ) -> None:
+        """``report_as`` names the run whose val accuracy each round announces (see
+        :mod:`mindpipe.reporting`) as ``<report_as>_val_accuracy``; default: the strategy."""
         super().__init__(
             min_available_clients=n_sites,
             initial_parameters=ndarrays_to_parameters(initial),
             accept_failures=True,
         )
         self.name, self.n_sites, self.seed = name, n_sites, seed
+        self.report_as = report_as or name
         self.per_round = min(clients_per_round, n_sites)
         self.n_shared = len(initial)
         self.final, self.last_completed = initial, 0
@@ -117,6 +124,8 @@ class SiteFedAvg(FedAvg):
         for r in evals:
             record[f"accuracy_{r.metrics['name']}"] = float(r.metrics["accuracy"])
         self.rounds.append(record)
+        val = record["val_accuracy"]  # the last round's model is the one kept, not the best
+        report(f"{self.report_as}_val_accuracy", server_round, val, keeps_best=False)
         return 1.0 - record["accuracy"], {}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> None:
@@ -133,17 +142,18 @@ class PmcmFL(SiteFedAvg):
         return [*super().merge(arrays), merged.protos, merged.counts]
 
 
-def build_strategy(
-    name: str, initial: list[np.ndarray], n_sites: int, clients_per_round: int, seed: int
-) -> SiteFedAvg:
-    cls = PmcmFL if name == "pmcmfl" else SiteFedAvg
-    return cls(name, initial, n_sites, clients_per_round, seed)
+def build_strategy(name: str, *args: Any, **kwargs: Any) -> SiteFedAvg:
+    """The server side of strategy ``name`` (``SiteFedAvg``'s arguments after the name)."""
+    return (PmcmFL if name == "pmcmfl" else SiteFedAvg)(name, *args, **kwargs)
 
 
 def _pooled(evals: list[EvaluateRes], key: str, items: list[int]) -> float:
-    """Site metric ``key`` averaged over the pooled items (sites weighted by ``items``)."""
-    total = sum(float(r.metrics[key]) * n for r, n in zip(evals, items, strict=True))
-    return total / max(sum(items), 1)
+    return pooled([float(r.metrics[key]) for r in evals], items)
+
+
+def pooled(values: list[float], items: list[int]) -> float:
+    """Per-site ``values`` averaged over the pooled items (sites weighted by ``items``)."""
+    return sum(v * n for v, n in zip(values, items, strict=True)) / max(sum(items), 1)
 
 
 def _nbytes(parameters: Parameters) -> int:

@@ -3,7 +3,8 @@
 Every (strategy, missing rate) pair runs the same federation from the same initial weights and
 the same site partition; only the aggregation and the local objective differ. Reported per
 pair: pooled test accuracy of the last completed round with complete inputs and with fMRI
-alone (the uni-modality setting: image and caption features missing at inference), plus
+alone (the uni-modality setting: image and caption features missing at inference), the pooled
+val accuracy (what the registry scores and a sweep optimises; test is never selected on), plus
 per-round curves (``steps.json``, logged to MLflow with ``step=round``), a plot and a table.
 """
 
@@ -12,20 +13,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
-from mindpipe.exceptions import ParamsError
+from mindpipe.exceptions import MissingWeightsError, ParamsError
 from mindpipe.federated.client import LocalTraining, SiteClient
 from mindpipe.federated.data import Site, load_sites, skew_and_mask
-from mindpipe.federated.simulation import ENGINES, History, simulate
-from mindpipe.federated.strategies import STRATEGIES, build_strategy
+from mindpipe.federated.simulation import ENGINES, History, one_torch_thread, simulate
+from mindpipe.federated.strategies import STRATEGIES, build_strategy, pooled
 from mindpipe.models.pmcmfl import PmcmFLClassifier, PmcmFLConfig
 from mindpipe.params import BaseParams
 from mindpipe.runner import STEPS_FILE
+from mindpipe.stages import ModelCard
 from mindpipe.utils import progress, write_json
 
 logger = logging.getLogger(__name__)
@@ -89,17 +92,28 @@ def make_client(
     )
 
 
-def run_federation(
-    sites: list[Site],
-    n_classes: int,
-    strategy: str,
-    params: FederatedParams,
-    seed: int,
-    state_dir: Path,
-) -> tuple[History, list[str]]:
-    """One federation of ``sites`` under ``strategy``, and the names of the shared weights;
-    each site's own weights end up in ``state_dir``."""
-    factory = functools.partial(
+def federation_runs(params: FederatedParams) -> list[tuple[str, float, str]]:
+    """``(strategy, missing rate, tag)`` of every federation the stage runs, in order; the tag
+    names its metrics and its model folder."""
+    runs = [(s, p) for p in params.missing_rates for s in params.strategies]
+    return [(s, p, f"{s}_m{round(p * 100):02d}") for s, p in runs]
+
+
+def masked_sites(
+    complete: list[Site], n_classes: int, params: FederatedParams, rate: float, seed: int
+) -> list[Site]:
+    """The complete sites skewed by class and with modalities missing at ``rate``."""
+    return [
+        skew_and_mask(site, n_classes, params.dirichlet_alpha, rate, seed + i)
+        for i, site in enumerate(complete)
+    ]
+
+
+def client_factory(
+    sites: list[Site], n_classes: int, params: FederatedParams, seed: int, state_dir: Path
+) -> Callable[[int], SiteClient]:
+    """Site index -> its client, the sites' own weights kept in ``state_dir``."""
+    return functools.partial(
         make_client,
         sites=sites,
         n_classes=n_classes,
@@ -108,9 +122,26 @@ def run_federation(
         seed=seed,
         state_dir=state_dir,
     )
+
+
+def run_federation(
+    sites: list[Site],
+    n_classes: int,
+    strategy: str,
+    params: FederatedParams,
+    seed: int,
+    state_dir: Path,
+    report_as: str = "",
+) -> tuple[History, list[str]]:
+    """One federation of ``sites`` under ``strategy``, and the names of the shared weights;
+    each site's own weights end up in ``state_dir``. Each round's val accuracy is announced
+    as ``<report_as>_val_accuracy`` (for a sweep's pruner)."""
+    factory = client_factory(sites, n_classes, params, seed, state_dir)
     first = factory(0)
     initial = first.get_parameters({})
-    server = build_strategy(strategy, initial, len(sites), params.clients_per_round, seed)
+    server = build_strategy(
+        strategy, initial, len(sites), params.clients_per_round, seed, report_as
+    )
     return simulate(factory, len(sites), server, params.rounds, params.engine), first.keys
 
 
@@ -121,19 +152,17 @@ def train_federated(
     metrics: dict[str, float] = {"n_sites": float(len(complete)), "n_classes": float(len(classes))}
     steps: dict[str, list[list[float]]] = {}
     rows = []
-    runs = [(s, p) for p in params.missing_rates for s in params.strategies]
-    for strategy, rate in progress(runs, desc="federated runs"):
-        sites = [
-            skew_and_mask(site, len(classes), params.dirichlet_alpha, rate, base.seed + i)
-            for i, site in enumerate(complete)
-        ]
-        tag = f"{strategy}_m{round(rate * 100):02d}"
+    for strategy, rate, tag in progress(federation_runs(params), desc="federated runs"):
+        sites = masked_sites(complete, len(classes), params, rate, base.seed)
         folder = out_dir / "models" / tag
-        history, keys = run_federation(sites, len(classes), strategy, params, base.seed, folder)
+        history, keys = run_federation(
+            sites, len(classes), strategy, params, base.seed, folder, report_as=tag
+        )
         _save_global(folder, history, keys)
         final = history.rounds[-1]
         metrics[f"{tag}_accuracy"] = final["accuracy"]
         metrics[f"{tag}_accuracy_uni"] = final["accuracy_uni"]
+        metrics[f"{tag}_val_accuracy"] = final["val_accuracy"]
         metrics[f"{tag}_bytes"] = float(sum(r["bytes"] for r in history.rounds))
         metrics[f"{tag}_last_completed_round"] = float(history.last_completed_round)
         for record in history.rounds:
@@ -145,6 +174,51 @@ def train_federated(
     (out_dir / "results.md").write_text(_markdown(rows, len(classes)))
     _plot(rows, out_dir / "plots" / "accuracy_vs_round.png", 1.0 / len(classes))
     return metrics
+
+
+def score_saved_federation(
+    model_dir: Path,
+    *,
+    betas_dir: Path,
+    features_dir: Path,
+    params: FederatedParams,
+    base: BaseParams,
+) -> ModelCard:
+    """Each saved federation's val accuracy with complete inputs, pooled over the sites: its
+    global weights (+ prototype library) with each site's own fMRI encoder, evaluated as the
+    last round did. The signature is the first federation's first site (fMRI, image and
+    caption features in, class logits out)."""
+    complete, classes = load_sites(betas_dir, features_dir)
+    metrics, models = {}, {}
+    with one_torch_thread():
+        for strategy, rate, tag in federation_runs(params):
+            sites = masked_sites(complete, len(classes), params, rate, base.seed)
+            folder = Path(model_dir) / tag
+            factory = client_factory(sites, len(classes), params, base.seed, folder)
+            clients = [factory(i) for i in range(len(sites))]
+            weights = _load_global(folder, clients[0].keys)
+            evals = [c.evaluate(weights, {"strategy": strategy})[2] for c in clients]
+            metrics[f"{tag}_val_accuracy"] = pooled(
+                [e["val_accuracy"] for e in evals], [e["n_val"] for e in evals]
+            )
+            models[tag] = {site.name: c.model for site, c in zip(sites, clients, strict=True)}
+    first = next(iter(models.values()))[complete[0].name].eval()
+    val = complete[0].val
+    example = {"fmri": val.fmri[:2], "image": val.image[:2], "text": val.text[:2]}
+    with torch.no_grad():
+        reps = first.encode(*(torch.from_numpy(a) for a in example.values()))
+        logits = first.head(first.fuse(reps)).numpy()
+    return ModelCard(models, metrics, example, logits)
+
+
+def _load_global(folder: Path, keys: list[str]) -> list[np.ndarray]:
+    """The message the last completed round sent down: shared weights (+ prototypes)."""
+    path = folder / "global.safetensors"
+    if not path.is_file():
+        raise MissingWeightsError(f"federated model file '{path}' is missing")
+    tensors = load_file(str(path))
+    extra = [tensors[k] for k in ("prototypes", "prototype_counts") if k in tensors]
+    return [tensors[k] for k in keys] + extra
 
 
 def _save_global(folder: Path, history: History, keys: list[str]) -> None:

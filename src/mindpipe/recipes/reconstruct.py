@@ -11,7 +11,12 @@ As MindEye2 does, sampling can start from a blurry low-level reconstruction deco
 a ridge map from each subject's betas to the stimulus at ``image_size`` (penalty chosen on the
 validation split's PixCorr), noised to ``blurry_strength`` of the DDIM steps (img2img), so the
 layout comes from the retinotopic signal and the generator fills in what the embedding says.
-The blurry images are saved and scored as a source of their own (``recon/blurry/``).
+The blurry images are saved and scored as a source of their own (``recon/blurry/``), and the
+blurry decoders beside the generator (``model/blurry/<subject>/``).
+
+The generator's validation score is the *val ceiling*: PixCorr/SSIM of the val stimuli rendered
+from their true embeddings. With the blurry decoders' val PixCorr it is what the registry scores
+a saved ``model/`` folder on (``score_saved_reconstruct``).
 
 Training and sampling run at ``image_size`` (default 16 px for the 64 px default twin, so a
 CPU-only run stays within a few minutes); reconstructions are upsampled bilinearly to the
@@ -29,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,10 +49,10 @@ from mindpipe.evaluate.predictions import find_decoders, load_predictions
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.features.store import FeatureStore
 from mindpipe.io import read_stimuli
-from mindpipe.io.betas import SubjectBetas, load_betas
+from mindpipe.io.betas import SubjectBetas, list_subjects, load_betas
 from mindpipe.io.images import load_images
-from mindpipe.models.baselines import select_ridge
-from mindpipe.models.unclip import UnCLIPGenerator, config_for, save_generator
+from mindpipe.models.baselines import RidgeFit, load_ridge, save_ridge, select_ridge
+from mindpipe.models.unclip import UnCLIPGenerator, config_for, load_generator, save_generator
 from mindpipe.models.unclip_sampler import (
     embedding_width,
     load_pretrained_unclip,
@@ -54,6 +60,7 @@ from mindpipe.models.unclip_sampler import (
 )
 from mindpipe.params import BaseParams
 from mindpipe.recipes.contrastive import resolve_device
+from mindpipe.stages import ModelCard
 from mindpipe.utils import progress
 
 logger = logging.getLogger(__name__)
@@ -265,25 +272,38 @@ def pretrained_renderer(pipe, params: ReconstructParams, out_size: int, seed: in
 
 def fit_blurry_decoder(
     sb: SubjectBetas, thumbnails: dict[int, torch.Tensor], alphas: tuple[float, ...]
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, RidgeFit]:
     """Ridge from betas to the stimulus thumbnail; the penalty with the best val PixCorr.
 
     Returns the test split's blurry images ``(n_test, 3, s, s)`` in [-1, 1] (rows in
-    ``sb.stim["test"]`` order) and ``{"alpha", "val_pixcorr"}``.
+    ``sb.stim["test"]`` order) and the fit (``val_score``: its val PixCorr).
     """
 
-    def pixels(split: str) -> np.ndarray:
-        return torch.stack([thumbnails[int(i)] for i in sb.stim[split]]).flatten(1).numpy()
-
-    shape = next(iter(thumbnails.values())).shape
-    val_truth = unit_images(pixels("val"), shape)
-
     def val_pixcorr(pred: np.ndarray) -> float:
-        return pixcorr(unit_images(pred, shape), val_truth, shape[-1])
+        return blurry_pixcorr(pred, thumbnail_pixels(thumbnails, sb.stim["val"]))
 
-    fit = select_ridge(sb.betas["train"], pixels("train"), sb.betas["val"], alphas, val_pixcorr)
-    test = torch.as_tensor(fit.predict(sb.betas["test"]), dtype=torch.float32).view(-1, *shape)
-    return test.clamp(-1, 1), {"alpha": fit.alpha, "val_pixcorr": fit.val_score}
+    train = thumbnail_pixels(thumbnails, sb.stim["train"])
+    fit = select_ridge(sb.betas["train"], train, sb.betas["val"], alphas, val_pixcorr)
+    return blurry_images(fit, sb.betas["test"], thumbnails), fit
+
+
+def blurry_images(fit: RidgeFit, betas: np.ndarray, thumbnails: dict) -> torch.Tensor:
+    """The blurry decoder's images ``(N, 3, s, s)`` in [-1, 1]."""
+    shape = next(iter(thumbnails.values())).shape
+    pred = torch.as_tensor(fit.predict(betas), dtype=torch.float32)
+    return pred.view(-1, *shape).clamp(-1, 1)
+
+
+def thumbnail_pixels(thumbnails: dict[int, torch.Tensor], ids) -> np.ndarray:
+    """Flattened ``(N, 3*s*s)`` thumbnails of stimuli ``ids``: the blurry decoder's targets."""
+    return torch.stack([thumbnails[int(i)] for i in ids]).flatten(1).numpy()
+
+
+def blurry_pixcorr(pred: np.ndarray, truth: np.ndarray) -> float:
+    """PixCorr of flattened thumbnails (both ``(N, 3*s*s)`` in [-1, 1]) at the thumbnail size."""
+    side = math.isqrt(truth.shape[1] // 3)
+    shape = (3, side, side)
+    return pixcorr(unit_images(pred, shape), unit_images(truth, shape), side)
 
 
 def stimulus_thumbnails(
@@ -328,6 +348,51 @@ def write_grid(path: Path, rows: list[np.ndarray], cell: int = 64, pad: int = 2)
             canvas.paste(tile, (pad + c * side, pad + r * side))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
+
+
+def val_ceiling(
+    render: Render, store: FeatureStore, data_dir: Path, stimuli: pd.DataFrame
+) -> dict[str, float]:
+    """PixCorr and SSIM of the val stimuli rendered from their true embeddings by the trained
+    generator: how well it draws what a perfect decoder would give (its validation score)."""
+    val = stimuli[stimuli["split"] == "val"]
+    images = render(store.image_pooled(val["stim_id"].to_numpy()), None)
+    scores = score(images, load_images(data_dir, val))
+    return {f"val_ceiling.{k}": scores[k] for k in ("pixcorr", "ssim")}
+
+
+def score_saved_reconstruct(
+    model_dir: Path,
+    *,
+    data_dir: Path,
+    betas_dir: Path,
+    features_dir: Path,
+    params: ReconstructParams,
+    base: BaseParams,
+    **_unused: Path,  # decoder_dir: the decoders are scored by their own stage
+) -> ModelCard:
+    """The saved generator's val-ceiling PixCorr and the blurry decoders' val PixCorr (mean
+    over subjects, the score each penalty was chosen on). The signature is the generator's:
+    CLIP image embeddings in, images out."""
+    store = FeatureStore(features_dir)
+    stimuli = read_stimuli(data_dir)
+    size = load_images(data_dir, stimuli.iloc[:1]).shape[1]
+    generator = load_generator(Path(model_dir)).to(resolve_device(params.device))
+    render = small_generator_renderer(generator, params, size, base.seed)
+    ceiling = val_ceiling(render, store, data_dir, stimuli)
+    metrics = {"val_ceiling.pixcorr": ceiling["val_ceiling.pixcorr"]}
+    thumbnails = stimulus_thumbnails(load_images(data_dir, stimuli), stimuli, params.image_size)
+    fits, scores = {}, []
+    for subject in list_subjects(betas_dir):
+        fit, _ = load_ridge(Path(model_dir) / BLURRY / subject)
+        sb = load_betas(betas_dir, subject)
+        val = blurry_images(fit, sb.betas["val"], thumbnails).flatten(1).numpy()
+        scores.append(blurry_pixcorr(val, thumbnail_pixels(thumbnails, sb.stim["val"])))
+        fits[subject] = fit
+    metrics[f"{BLURRY}.val_pixcorr"] = float(np.mean(scores))
+    example = store.image_pooled(stimuli["stim_id"].to_numpy()[:2]).astype(np.float32)
+    model = {"generator": generator, BLURRY: fits}
+    return ModelCard(model, metrics, example, render(example, None))
 
 
 def decoded_embeddings(decoder_dir: Path, decoder: str) -> dict[str, dict[str, np.ndarray]]:
@@ -379,10 +444,9 @@ def reconstruct(
     metrics: dict[str, float] = {"train_seconds": time.perf_counter() - start}
     save_generator(model.cpu(), out_dir / "model")
     model.to(device)
-    if pipe is None:
-        render = small_generator_renderer(model, params, size, base.seed)
-    else:
-        render = pretrained_renderer(pipe, params, size, base.seed)
+    small = small_generator_renderer(model, params, size, base.seed)
+    metrics |= val_ceiling(small, store, data_dir, stimuli)
+    render = small if pipe is None else pretrained_renderer(pipe, params, size, base.seed)
     metrics["pretrained_unclip"] = float(pipe is not None)
 
     recon_dir = out_dir / "recon"
@@ -397,6 +461,7 @@ def reconstruct(
 
     first_recon = None
     per_subject = []
+    val_pixcorrs: dict[str, float] = {}
     for subject, arrays in progress(preds.items(), desc="reconstruct subjects"):
         sb = load_betas(betas_dir, subject)
         sub_ids = np.asarray(arrays["stim_id"])
@@ -407,24 +472,27 @@ def reconstruct(
             )
         sub_truth = load_images(data_dir, test.loc[sub_ids])
         blurry, fit = fit_blurry_decoder(sb, thumbnails, params.blurry_alphas)
-        blurry_images = to_uint8(blurry, size)
+        save_ridge(out_dir / "model" / BLURRY / subject, fit, image_size=params.image_size)
+        blurry_uint8 = to_uint8(blurry, size)
         recon = render(arrays["embedding"], blurry)
-        for source, images in ((params.decoder, recon), (BLURRY, blurry_images)):
+        for source, images in ((params.decoder, recon), (BLURRY, blurry_uint8)):
             np.savez(recon_dir / source / f"{subject}.npz", stim_id=sub_ids, images=images)
             scores = score(images, sub_truth)
             per_subject.append((source, scores))
             metrics |= {f"{source}.{subject}.{k}": v for k, v in scores.items()}
-        metrics |= {f"{BLURRY}.{subject}.{k}": v for k, v in fit.items()}
-        first_recon = (recon, blurry_images) if first_recon is None else first_recon
+        metrics[f"{BLURRY}.{subject}.alpha"] = fit.alpha
+        metrics[f"{BLURRY}.{subject}.val_pixcorr"] = val_pixcorrs[subject] = fit.val_score
+        first_recon = (recon, blurry_uint8) if first_recon is None else first_recon
+    metrics[f"{BLURRY}.val_pixcorr"] = float(np.mean(list(val_pixcorrs.values())))
     for source in (params.decoder, BLURRY):
         rows = [s for name, s in per_subject if name == source]
         for key in rows[0]:
             metrics[f"{source}.{key}"] = float(np.mean([r[key] for r in rows]))
 
     k = min(params.grid_images, len(ids))
-    recon, blurry_images = first_recon
+    recon, blurry_uint8 = first_recon
     write_grid(
-        out_dir / "plots" / "grid.png", [truth[:k], ceiling[:k], blurry_images[:k], recon[:k]]
+        out_dir / "plots" / "grid.png", [truth[:k], ceiling[:k], blurry_uint8[:k], recon[:k]]
     )
     logger.info(
         "reconstruct: PixCorr ceiling %.3f (shuffled %.3f), %s %.3f; SSIM ceiling %.3f "

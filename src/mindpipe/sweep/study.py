@@ -4,8 +4,8 @@ Each trial runs the stage in this process, exactly as `mindpipe stage` would, wi
 values set in a copy of params.yaml and its outputs in a scratch folder that is removed after.
 The stage's training loops announce their validation checks (:mod:`mindpipe.reporting`); the
 sweep turns those into the objective so far (the objective's aggregate of each matching
-metric's best value yet) and reports it to Optuna, whose median pruner stops trials that trail
-the others at the same check.
+metric's value as the stage would return it now) and reports it to Optuna, whose median
+pruner stops trials that trail the others at the same check.
 
 Several workers may run the same study: they share it through the storage (sqlite for one
 machine, PostgreSQL for many) and nest their trials under the one parent run the study's
@@ -94,6 +94,8 @@ def run_sweep(
     resolve_inputs(get_stage(spec.stage), base)  # missing upstream outputs: fail before trial 0
     check_tracking_server()
     name = study_name or Path(spec.path).stem or spec.stage
+    out_dir = Path(out_dir or Path(".mindpipe/sweeps") / name)
+    _check_out_dir(out_dir)
     seed = base.seed if seed is None else seed
     study, created = _open_study(spec, name, storage, prune, seed)
     tags = lineage_tags(seed=base.seed, params=raw, data_dir=base.data_dir, stage=spec.stage)
@@ -116,6 +118,22 @@ def run_sweep(
         [result.out_dir / f for f in ("summary.json", "trials.csv", "trials.png")],
     )
     return result
+
+
+OUTPUTS = ("best_params.yaml", "best_params.txt", "trials.csv", "summary.json", "trials.png")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The results replace ``out_dir`` whole: refuse a folder that holds anything else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParamsError(f"--out '{out_dir}' is a file; give a folder for the sweep's results")
+    found = out_dir.iterdir() if out_dir.exists() else ()
+    others = sorted(p.name for p in found if p.name not in OUTPUTS)
+    if others:
+        raise ParamsError(
+            f"--out '{out_dir}' holds other files ({', '.join(others[:3])}): a sweep replaces "
+            "its results folder whole, so give a new or empty folder"
+        )
 
 
 class TrialFailed(MindpipeError):
@@ -188,23 +206,27 @@ class PruningListener:
     """Turns the stage's validation checks into Optuna reports, and prunes when told to.
 
     The value reported at check ``k`` is the objective computed on what the stage has reported
-    so far: each matching metric's best value yet, aggregated as the objective aggregates. It
-    ends at the trial's objective, and at any ``k`` it means the same thing in every trial.
+    so far: each matching metric's value as the stage would return it now (its best value yet,
+    or its latest where the stage keeps its last check), aggregated as the objective
+    aggregates. It ends at the trial's objective, and at any ``k`` it means the same thing in
+    every trial.
     """
 
     def __init__(self, trial, spec: SweepSpec):
         self.trial, self.objective = trial, spec.objective
-        self.best: dict[str, float] = {}
+        self.now: dict[str, float] = {}  # each metric as the stage would return it now
         self.history: list[tuple[int, float]] = []
 
-    def __call__(self, name: str, step: int, value: float) -> None:
+    def __call__(self, name: str, step: int, value: float, keeps_best: bool = True) -> None:
         import optuna
 
         if not self.objective.matches(name):
             return
-        better = max if self.objective.direction == "maximize" else min
-        self.best[name] = better(self.best.get(name, value), value)
-        so_far = self.objective.value(self.best)
+        if keeps_best:
+            better = max if self.objective.direction == "maximize" else min
+            value = better(self.now.get(name, value), value)
+        self.now[name] = value
+        so_far = self.objective.value(self.now)
         check = len(self.history)
         self.history.append((check, so_far))
         self.trial.report(so_far, check)
@@ -311,7 +333,7 @@ def _wait_for_parent(study, timeout: float = 60.0) -> str:
     return study.user_attrs[PARENT_ATTR]
 
 
-def _summarise(study, name: str, trials: int, seconds: float, out_dir) -> SweepResult:
+def _summarise(study, name: str, trials: int, seconds: float, out_dir: Path) -> SweepResult:
     import optuna
 
     done = study.get_trials(deepcopy=False)
@@ -330,7 +352,7 @@ def _summarise(study, name: str, trials: int, seconds: float, out_dir) -> SweepR
         defaults_value=defaults[0] if defaults else None,
         worker_trials=trials,
         worker_seconds=seconds,
-        out_dir=Path(out_dir or Path(".mindpipe/sweeps") / name),
+        out_dir=out_dir,
     )
 
 
