@@ -121,7 +121,9 @@ def test_generator_and_federations_register_and_reload(stage, tiny_run, monkeypa
     """The tiny run registered every trained stage; these two reload from the registry (MLmodel
     signature included) and reproduce the val scores logged on their versions."""
     monkeypatch.chdir(tiny_run)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny_run}/mlruns.db")
+    uri = f"sqlite:///{tiny_run}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # an earlier test may have set another one globally
     version = mlflow.MlflowClient().get_model_version_by_alias(f"mindpipe-{stage}", "challenger")
     assert {k for k in version.tags if k.startswith("metric.")}
     info = mlflow.models.get_model_info(f"models:/mindpipe-{stage}/{version.version}")
