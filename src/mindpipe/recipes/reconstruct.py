@@ -279,8 +279,10 @@ def fit_blurry_decoder(
     ``sb.stim["test"]`` order) and the fit (``val_score``: its val PixCorr).
     """
 
+    val_truth = thumbnail_pixels(thumbnails, sb.stim["val"])
+
     def val_pixcorr(pred: np.ndarray) -> float:
-        return blurry_pixcorr(pred, thumbnail_pixels(thumbnails, sb.stim["val"]))
+        return blurry_pixcorr(pred, val_truth)
 
     train = thumbnail_pixels(thumbnails, sb.stim["train"])
     fit = select_ridge(sb.betas["train"], train, sb.betas["val"], alphas, val_pixcorr)
@@ -376,12 +378,12 @@ def score_saved_reconstruct(
     CLIP image embeddings in, images out."""
     store = FeatureStore(features_dir)
     stimuli = read_stimuli(data_dir)
-    size = load_images(data_dir, stimuli.iloc[:1]).shape[1]
+    images = load_images(data_dir, stimuli)
     generator = load_generator(Path(model_dir)).to(resolve_device(params.device))
-    render = small_generator_renderer(generator, params, size, base.seed)
+    render = small_generator_renderer(generator, params, images.shape[1], base.seed)
     ceiling = val_ceiling(render, store, data_dir, stimuli)
     metrics = {"val_ceiling.pixcorr": ceiling["val_ceiling.pixcorr"]}
-    thumbnails = stimulus_thumbnails(load_images(data_dir, stimuli), stimuli, params.image_size)
+    thumbnails = stimulus_thumbnails(images, stimuli, params.image_size)
     fits, scores = {}, []
     for subject in list_subjects(betas_dir):
         fit, _ = load_ridge(Path(model_dir) / BLURRY / subject)
@@ -461,7 +463,7 @@ def reconstruct(
 
     first_recon = None
     per_subject = []
-    val_pixcorrs: dict[str, float] = {}
+    val_pixcorrs: list[float] = []  # the blurry decoders' (penalty selection)
     for subject, arrays in progress(preds.items(), desc="reconstruct subjects"):
         sb = load_betas(betas_dir, subject)
         sub_ids = np.asarray(arrays["stim_id"])
@@ -481,9 +483,10 @@ def reconstruct(
             per_subject.append((source, scores))
             metrics |= {f"{source}.{subject}.{k}": v for k, v in scores.items()}
         metrics[f"{BLURRY}.{subject}.alpha"] = fit.alpha
-        metrics[f"{BLURRY}.{subject}.val_pixcorr"] = val_pixcorrs[subject] = fit.val_score
+        metrics[f"{BLURRY}.{subject}.val_pixcorr"] = fit.val_score
+        val_pixcorrs.append(fit.val_score)
         first_recon = (recon, blurry_uint8) if first_recon is None else first_recon
-    metrics[f"{BLURRY}.val_pixcorr"] = float(np.mean(list(val_pixcorrs.values())))
+    metrics[f"{BLURRY}.val_pixcorr"] = float(np.mean(val_pixcorrs))
     for source in (params.decoder, BLURRY):
         rows = [s for name, s in per_subject if name == source]
         for key in rows[0]:
