@@ -193,6 +193,20 @@ TINY_MODELS = {
         "merge_ratio": 0.25,
     },
     "litemind": {"widths": [16], "depths": [1], "mlp_hidden": 64, "train": {"epochs": 8}},
+    "mindtuner": {
+        "fewshot": {"fraction": 0.25, "curve": [0.5]},
+        "hidden": 64,
+        "pretrain": {"epochs": 6, "batch_size": 32},
+        "finetune": {"epochs": 6, "batch_size": 16},
+        "pivot": {"epochs": 50},
+    },
+    "wills": {
+        "fewshot": {"fraction": 0.25, "curve": [0.5]},
+        "hidden": 64,
+        "expert_dim": 8,
+        "shared": {"epochs": 4, "batch_size": 32},
+        "experts": {"epochs": 3, "batch_size": 32},
+    },
     "reconstruct": {"steps": 20, "batch_size": 16, "sample_steps": 2},
     "federated": {"rounds": 3, "local": {"local_epochs": 2}, "dim": 32},
     "neuroclips": {

@@ -196,6 +196,35 @@ STAGES: tuple[Stage, ...] = (
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(
+        name="mindtuner",
+        description="MindTuner: pretrain on every subject but one (per-subject input maps, "
+        "shared backbone), fine-tune on the held-out subject's first trials with LoRA + "
+        "Skip-LoRA; against the same network and Lite-Mind from scratch; fMRI -> caption "
+        "retrieval through the image pivot.",
+        func="mindpipe.recipes.mindtuner:train_mindtuner",
+        params_cls="mindpipe.recipes.mindtuner:MindTunerParams",
+        inputs={"betas_dir": "preprocess", "features_dir": "features", "litemind_dir": "litemind"},
+        code=("models", "recipes"),
+        plots=("plots/fewshot_curve.png",),
+        model="models/mindtuner",
+        scorer="mindpipe.recipes.mindtuner:score_saved_mindtuner",
+        resources=Resources(cpu="4", memory="16Gi", gpu=1),
+    ),
+    Stage(
+        name="wills",
+        description="Wills Aligner on template-space voxels: shared network, then a mixture of "
+        "brain experts with a global router (two stages), for a held-out subject with few "
+        "trials; against no experts and no alignment.",
+        func="mindpipe.recipes.wills:train_wills",
+        params_cls="mindpipe.recipes.wills:WillsParams",
+        inputs={"betas_dir": "preprocess", "aligned_dir": "align", "features_dir": "features"},
+        code=("models", "recipes"),
+        plots=("plots/fewshot_curve.png",),
+        model="models/wills",
+        scorer="mindpipe.recipes.wills:score_saved_wills",
+        resources=Resources(cpu="4", memory="16Gi", gpu=1),
+    ),
+    Stage(
         name="reconstruct",
         description="unCLIP-style diffusers generator trained on the train images' CLIP "
         "embeddings; reconstructs test images from fMRI-decoded embeddings, starting from a "
@@ -226,6 +255,8 @@ STAGES: tuple[Stage, ...] = (
             "features_dir": "features",
             "baseline_dir": "baseline",
             "litemind_dir": "litemind",
+            "mindtuner_dir": "mindtuner",
+            "wills_dir": "wills",
             "oracle_dir": "oracle",
             "reconstruct_dir": "reconstruct",
         },

@@ -229,8 +229,10 @@ def _summarise(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, flo
         for name in results:
             if name == "oracle" or not results[name]:
                 continue
+            # against the oracle on the decoder's own subjects (few-data decoders have one)
+            subjects = [s for s in results[name] if s in results["oracle"]] or results["oracle"]
             for direction in DIRECTIONS:
-                oracle = metrics[f"oracle.{direction}"]
+                oracle = float(np.mean([results["oracle"][s][direction] for s in subjects]))
                 metrics[f"{name}.oracle_ratio.{direction}"] = (
                     metrics[f"{name}.{direction}"] / oracle if oracle > 0 else 0.0
                 )
@@ -245,19 +247,25 @@ def _markdown(metrics: dict[str, float], results: dict) -> str:
         "zero-shot top-1 among held-out categories (GOD) | zero-shot top-1 among all |",
         "|---|---|---|---|---|---|---|",
     ]
+    everyone = max((set(per) for per in results.values()), key=len)
     for name, per_subject in results.items():
         if not per_subject:
             continue
         ratio = metrics.get(f"{name}.oracle_ratio.brain_to_image")
+        label = name if set(per_subject) == everyone else f"{name} ({', '.join(per_subject)})"
         lines.append(
-            f"| {name} | {metrics[f'{name}.brain_to_image']:.3f} | "
+            f"| {label} | {metrics[f'{name}.brain_to_image']:.3f} | "
             f"{metrics[f'{name}.image_to_brain']:.3f} | "
             f"{'—' if ratio is None else f'{ratio:.2f}'} | {metrics[f'{name}.chance']:.4f} | "
             f"{_zero_shot_cell(metrics, f'{name}.zero_shot_novel')} | "
             f"{_zero_shot_cell(metrics, f'{name}.zero_shot')} |"
         )
     batch = next(iter(next(iter(results.values())).values()))["batch_size"]
-    lines += ["", f"Candidates per batch: {int(batch)}; means over subjects."]
+    lines += [
+        "",
+        f"Candidates per batch: {int(batch)}; means over subjects (the subjects in brackets "
+        "where a decoder has fewer: the few-data models are scored on their held-out subject).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -34,6 +34,8 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "mlip",
         "features",
         "litemind",
+        "mindtuner",
+        "wills",
         "reconstruct",
         "evaluate",
     ),

@@ -127,38 +127,130 @@ def fit_contrastive(
     ``train``/``val`` are ``(voxels (n, V), target (n, ...))`` pairs; targets are CLIP embeddings.
     Each epoch's validation top-1 is announced as ``report_as`` (see :mod:`mindpipe.reporting`).
     """
+    return fit_subjects(
+        _OneSubject(model), {"": train}, {"": val}, config, device, seed, report_as=report_as
+    )
+
+
+class _OneSubject(nn.Module):
+    """A single-subject model seen through the multi-subject call ``model(voxels, subject)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, voxels: torch.Tensor, subject: str) -> torch.Tensor:
+        return self.model(voxels)
+
+
+class SubjectView(nn.Module):
+    """One subject of a multi-subject model, called like a single-subject one: ``model(voxels)``
+    (what :func:`predict` and :func:`val_top1` call)."""
+
+    def __init__(self, model: nn.Module, subject: str) -> None:
+        super().__init__()
+        self.model, self.subject = model, subject
+
+    def forward(self, voxels: torch.Tensor) -> torch.Tensor:
+        return self.model(voxels, self.subject)
+
+
+def fit_subjects(
+    model: nn.Module,
+    train: dict[str, tuple[np.ndarray, np.ndarray]],
+    val: dict[str, tuple[np.ndarray, np.ndarray]],
+    config: TrainConfig,
+    device: torch.device,
+    seed: int,
+    *,
+    report_as: str,
+    regulariser_weight: float = 0.0,
+) -> TrainResult:
+    """Train a multi-subject ``model(voxels, subject)`` in place; keep its best validation epoch.
+
+    Every step takes an equal share of ``config.batch_size`` from each subject of ``train``
+    (MindEye2's multi-subject batches: each subject keeps its own voxel count) and scores the
+    concatenated batch with one contrastive loss, so negatives cross subjects and similar
+    images seen by different subjects share SoftCLIP's label mass. An epoch is as many steps as
+    the largest subject fills; a smaller subject's shuffled rows wrap around (a new subject with
+    little data is seen more often). Only parameters with ``requires_grad`` learn (adapters over a
+    frozen backbone). With ``regulariser_weight``, ``model.regulariser()`` (a scalar the last
+    forward pass left, or None) is added to the loss. The validation score is the mean top-1
+    over the subjects of ``val``.
+    """
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    x = torch.as_tensor(np.array(train[0], dtype=np.float32))
-    y = torch.as_tensor(np.array(train[1], dtype=np.float32))
+    data = {
+        s: tuple(torch.as_tensor(np.array(a, dtype=np.float32)) for a in xy)
+        for s, xy in train.items()
+    }
+    share = max(config.batch_size // len(data), 2)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(len(x) // config.batch_size, 1)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = max(max(len(x) for x, _ in data.values()) // share, 1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs * steps_per_epoch)
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     history = []
     mixco_epochs = round(config.mixco_fraction * config.epochs)
     for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(len(x), generator=generator)
+        orders = {s: torch.randperm(len(x), generator=generator) for s, (x, _) in data.items()}
         for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            voxels, target = x[idx].to(device), y[idx].to(device)
-            if config.loss == "info_nce":
-                loss = info_nce(model(voxels), target, config.logit_scale, config.symmetric)
-            elif epoch < mixco_epochs:
-                mixed, beta, partner = mix_voxels(voxels, config.mixco_beta, generator)
-                loss = mixco_nce(model(mixed), target, config.logit_scale, beta, partner)
-            else:
-                loss = soft_clip(model(voxels), target, config.logit_scale)
+            batch = [
+                (s, x[idx].to(device), y[idx].to(device))
+                for s, (x, y) in data.items()
+                for idx in [orders[s][_wrapped(step, min(share, len(x)), len(x))]]
+            ]
+            loss = _batch_loss(model, batch, config, epoch < mixco_epochs, generator)
+            if regulariser_weight:
+                extra = model.regulariser()
+                if extra is not None:
+                    loss = loss + regulariser_weight * extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        score = val_top1(model, val[0], val[1], device)
+        score = float(
+            np.mean([val_top1(SubjectView(model, s), x, y, device) for s, (x, y) in val.items()])
+        )
         history.append(score)
         report(report_as, epoch, score)
         if score > best[0]:
             best = (score, epoch, copy.deepcopy(model.state_dict()))
     model.load_state_dict(best[2])
     return TrainResult(best[1], best[0], history, time.perf_counter() - start)
+
+
+def _wrapped(step: int, size: int, n: int) -> torch.Tensor:
+    """Positions ``step * size`` to ``(step + 1) * size`` of a shuffled order of ``n`` rows,
+    wrapping around its end."""
+    return torch.arange(step * size, (step + 1) * size) % n
+
+
+def _batch_loss(
+    model: nn.Module,
+    batch: list[tuple[str, torch.Tensor, torch.Tensor]],
+    config: TrainConfig,
+    mixco: bool,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One contrastive loss over every subject's share of the step (see :func:`fit_subjects`)."""
+    target = torch.cat([y for _, _, y in batch])
+    if config.loss == "info_nce":
+        pred = torch.cat([model(x, s) for s, x, _ in batch])
+        return info_nce(pred, target, config.logit_scale, config.symmetric)
+    if not mixco:
+        return soft_clip(torch.cat([model(x, s) for s, x, _ in batch]), target, config.logit_scale)
+    preds, betas, partners, offset = [], [], [], 0
+    for subject, voxels, _ in batch:  # voxels mix within a subject: their columns differ
+        mixed, beta, partner = mix_voxels(voxels, config.mixco_beta, generator)
+        preds.append(model(mixed, subject))
+        betas.append(beta)
+        partners.append(partner + offset)
+        offset += len(voxels)
+    pred = torch.cat(preds)
+    return mixco_nce(pred, target, config.logit_scale, torch.cat(betas), torch.cat(partners))

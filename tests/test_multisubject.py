@@ -1,0 +1,150 @@
+"""Multi-subject decoders: MindTuner (LoRA + Skip-LoRA) and Wills Aligner (brain experts), and
+their stages on the tiny twin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mindpipe.cli import main
+from mindpipe.models.mindtuner import MindTuner, MindTunerConfig, adapt
+from mindpipe.models.wills import Wills, WillsConfig
+from mindpipe.recipes.contrastive import TrainConfig, fit_subjects
+
+
+def pretrained_mindtuner() -> MindTuner:
+    torch.manual_seed(0)
+    config = MindTunerConfig(("sub-01", "sub-02"), (30, 40), embed_dim=8, n_tokens=2, hidden=16)
+    return MindTuner(config)
+
+
+def toy_subject(n_voxels: int, n: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels that are a fixed linear read-out of the targets, plus noise."""
+    rng = np.random.default_rng(seed)
+    target = rng.normal(size=(n, 2, 8)).astype(np.float32)
+    mixing = rng.normal(size=(16, n_voxels))
+    voxels = target.reshape(n, -1) @ mixing + 0.1 * rng.normal(size=(n, n_voxels))
+    return voxels.astype(np.float32), target
+
+
+def test_adapters_start_as_the_pretrained_model_and_only_they_train():
+    pretrained = pretrained_mindtuner().eval()
+    model = adapt(pretrained, "sub-03", 24, rank=4).eval()
+    voxels = torch.randn(5, 30)
+    torch.testing.assert_close(model(voxels, "sub-01"), pretrained(voxels, "sub-01"))
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "fine-tuning would train nothing"
+    assert all("lora_" in n or n.startswith(("skips.", "ridges.sub-03.")) for n in trainable)
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n and "skips" not in n)
+    skip = sum(p.numel() for p in model.skips.parameters())
+    ridge = sum(p.numel() for p in model.ridges["sub-03"].parameters())
+    # rank x (in + out): 2 blocks x 2 layers 16 -> 16, and the head 16 -> 2 x 8
+    assert lora == 4 * (2 * 2 * (16 + 16) + (16 + 16)) and skip == 2 * 4 * (24 + 16)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == lora + skip + ridge
+
+
+def test_finetuning_leaves_the_frozen_backbone_unchanged_and_moves_the_adapters():
+    model = adapt(pretrained_mindtuner(), "sub-03", 24, rank=4)
+    frozen = model.frozen_state()
+    adapters = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    train, val = toy_subject(24), toy_subject(24, n=16, seed=1)
+    config = TrainConfig(epochs=3, batch_size=16, loss="mixco_softclip")
+    result = fit_subjects(
+        model, {"sub-03": train}, {"sub-03": val}, config, torch.device("cpu"), 0,
+        report_as="t", regulariser_weight=1.5,
+    )  # fmt: skip
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], w) for n, w in frozen.items())
+    # the best epoch's weights are kept: some adapter moved unless epoch 0 was never beaten
+    assert any(not torch.equal(params[n], w) for n, w in adapters.items())
+    assert len(result.history) == 3
+
+
+def test_skip_lora_reports_its_decorrelation_and_lora_only_has_none():
+    model = adapt(pretrained_mindtuner(), "sub-03", 24, rank=4)
+    torch.nn.init.normal_(model.skips[0].lora_b)  # a skip that outputs something
+    model(torch.randn(6, 24), "sub-03")
+    assert 0 < model.regulariser().item() <= 1
+    model(torch.randn(6, 30), "sub-01")  # other subjects bypass the skips
+    assert model.regulariser() is None
+    lora_only = adapt(pretrained_mindtuner(), "sub-03", 24, rank=4, skip=False)
+    lora_only(torch.randn(6, 24), "sub-03")
+    assert len(lora_only.skips) == 0 and lora_only.regulariser() is None
+
+
+def test_mismatched_voxels_and_subjects_are_clear_errors():
+    model = pretrained_mindtuner()
+    with pytest.raises(ValueError, match=r"sub-01.*30 voxels"):
+        model(torch.randn(2, 31), "sub-01")
+    with pytest.raises(ValueError, match="sub-09"):
+        model(torch.randn(2, 30), "sub-09")
+    with pytest.raises(ValueError, match="already in the model"):
+        adapt(model, "sub-01", 30, rank=4)
+    wills = Wills(WillsConfig(12, 4, hidden=8, subjects=("sub-01",), expert_dim=2))
+    with pytest.raises(ValueError, match=r"\(batch, 12\) template-space voxels"):
+        wills(torch.randn(2, 13), "sub-01")
+
+
+def test_brain_experts_start_silent_and_the_two_stages_train_disjoint_parts():
+    torch.manual_seed(0)
+    config = WillsConfig(
+        12, 4, hidden=8, n_blocks=2, subjects=("a", "b"), n_experts=3, expert_dim=2
+    )
+    model = Wills(config).eval()
+    plain = Wills(WillsConfig(**{**config.__dict__, "n_experts": 0})).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    voxels = torch.randn(3, 12)
+    torch.testing.assert_close(model(voxels, "a"), plain(voxels, "a"))
+    torch.testing.assert_close(model.routing("a").sum(-1), torch.ones(config.n_blocks))
+
+    shared = model.train_stage(1)
+    plugin = model.train_stage(2)
+    assert shared + plugin == sum(p.numel() for p in model.parameters())
+    assert plugin == 2 * 3 * (8 * 2 * 2) + 2 * 2 * 3  # experts + router
+    torch.nn.init.normal_(model.experts[0].up)
+    with torch.no_grad():
+        model.router[1, 0] = torch.tensor([5.0, -5.0, 0.0])
+    assert not torch.allclose(model(voxels, "a"), model(voxels, "b"))  # routed per subject
+
+
+@pytest.mark.slow
+def test_multisubject_stages_write_their_comparisons(tiny_run):
+    for stage, models in [
+        (
+            "mindtuner",
+            ("mindtuner", "mindtuner_lora_only", "mindtuner_scratch", "litemind_scratch"),
+        ),
+        ("wills", ("wills", "wills_no_experts", "wills_no_alignment", "wills_neither")),
+    ]:
+        folder = tiny_run / "artifacts" / stage
+        metrics = json.loads((folder / "metrics.json").read_text())
+        for name in models:
+            assert (folder / name / "predictions" / "sub-04.npz").is_file()
+            assert 0 <= metrics[f"{name}.test_top1"] <= 1
+            assert f"{name}.f0.5.test_top1" in metrics
+        assert (folder / "plots" / "fewshot_curve.png").stat().st_size > 0
+        assert "| " + models[0] + " |" in (folder / "results.md").read_text()
+    report = (tiny_run / "artifacts/evaluate/report.md").read_text()
+    assert "| mindtuner (sub-04) |" in report and "| wills_neither (sub-04) |" in report
+    m = json.loads((tiny_run / "artifacts/mindtuner/metrics.json").read_text())
+    assert m["mindtuner.frozen_max_change"] == 0.0
+    assert m["mindtuner.trainable_params"] < m["mindtuner.total_params"] / 2
+    assert m["mindtuner_scratch.trainable_params"] == m["mindtuner_scratch.total_params"]
+    assert 0 <= m["pivot.caption_top1"] <= 1 and 0 < m["pivot.chance"] < 1
+
+
+def test_wills_names_a_subject_missing_from_the_alignment(tiny_run, tmp_path, monkeypatch, capsys):
+    shutil.copytree(tiny_run / "artifacts", tmp_path / "artifacts", dirs_exist_ok=True)
+    shutil.copy(tiny_run / "params.yaml", tmp_path / "params.yaml")
+    shutil.rmtree(tmp_path / "artifacts/align/sub-02")
+    shutil.rmtree(tmp_path / "artifacts/wills")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+    assert main(["stage", "wills"]) != 0
+    assert "['sub-02'] are missing from the alignment" in capsys.readouterr().err
+    assert not (tmp_path / "artifacts/wills").exists()
