@@ -148,3 +148,28 @@ def test_wills_names_a_subject_missing_from_the_alignment(tiny_run, tmp_path, mo
     assert main(["stage", "wills"]) != 0
     assert "['sub-02'] are missing from the alignment" in capsys.readouterr().err
     assert not (tmp_path / "artifacts/wills").exists()
+
+
+def test_wills_records_why_it_cannot_run_without_an_alignment(tmp_path):
+    """Several subjects imported as betas without anatomy: align recorded it; wills says so."""
+    from mindpipe.params import BaseParams
+    from mindpipe.recipes.wills import WillsParams, train_wills
+
+    for subject in ("sub-01", "sub-02"):
+        (tmp_path / "betas" / subject).mkdir(parents=True)
+    (tmp_path / "align").mkdir()
+    record = {"available": False, "reason": "no T1w image"}
+    (tmp_path / "align" / "alignment.json").write_text(json.dumps(record))
+    out = tmp_path / "out"
+    out.mkdir()
+    metrics = train_wills(
+        betas_dir=tmp_path / "betas",
+        aligned_dir=tmp_path / "align",
+        features_dir=tmp_path / "features",
+        out_dir=out,
+        params=WillsParams(),
+        base=BaseParams(),
+    )
+    assert metrics == {"available": 0.0}
+    assert "did not align these subjects: no T1w image" in (out / "results.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["results.md", "unavailable.json"]

@@ -35,6 +35,8 @@ DECODING = (
     "baseline",
     "oracle",
     "litemind",
+    "mindtuner",
+    "wills",
     "reconstruct",
     "evaluate",
 )
@@ -81,6 +83,9 @@ def _check_decoding_outputs(n_subjects: int = 1, anatomy: bool = False) -> dict[
     assert (summary["n_rows"] == summary["expected_rows"]).all()
     assert _metrics("oracle") == {"available": 0.0}  # no twin ground truth on real data
     assert _metrics("align")["available"] == float(anatomy)  # betas come without a T1w
+    for stage in ("mindtuner", "wills"):  # one subject: no other subjects to learn from
+        assert _metrics(stage) == {"available": 0.0}
+        assert "at least 2 subjects" in Path(f"artifacts/{stage}/results.md").read_text()
     metrics = _metrics("evaluate")
     for key in ("ridge.brain_to_image", "litemind.brain_to_image", "mindeye_mlp.image_to_brain"):
         assert math.isfinite(metrics[key]), key

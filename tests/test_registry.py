@@ -102,6 +102,8 @@ def test_each_scorer_reproduces_its_stage_metrics(tiny_run, monkeypatch):
         for metric, value in card.metrics.items():
             if stage.name == "mlip":  # per variant; the saved model is the merge-ratio one
                 metric = f"mlip_r{sections['mlip'].merge_ratio:g}.{metric}"
+            elif stage.name in ("mindtuner", "wills"):  # the full model among its baselines
+                metric = f"{stage.name}.{metric}"
             elif stage.name in ("baseline", "litemind"):  # per subject in the stage's metrics
                 prefix = "litemind." if stage.name == "litemind" else ""
                 per_subject = [
@@ -138,7 +140,10 @@ def test_registry_errors_are_clear(project, twin_tiny, capsys):
     write_params(project, twin_tiny)
     assert main(["registry", "promote", "evaluate"]) == 1
     err = capsys.readouterr().err
-    trained = "['baseline', 'mlip', 'litemind', 'reconstruct', 'neuroclips', 'federated']"
+    trained = (
+        "['baseline', 'mlip', 'litemind', 'mindtuner', 'wills', 'reconstruct', 'neuroclips', "
+        "'federated']"
+    )
     assert f"registers no scored model; these do: {trained}" in err
     assert main(["registry", "load", "mlip"]) == 1
     assert "has no version with alias 'champion'" in capsys.readouterr().err

@@ -51,7 +51,8 @@ def run_stage(
         write_json(tmp / "metrics.json", metrics)
         if not track:
             return metrics
-        model_dir = tmp / stage.model if stage.model else None
+        # a stage that skipped (unavailable on this dataset) wrote no model: nothing to register
+        model_dir = tmp / stage.model if stage.model and (tmp / stage.model).is_dir() else None
         card = None
         if model_dir is not None and stage.scorer:
             card = stage.load_scorer()(model_dir, params=params, base=base, **inputs)

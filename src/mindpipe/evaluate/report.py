@@ -68,7 +68,8 @@ def evaluate(
     """
     decoders: dict[str, Path] = {}
     for key, folder in stage_dirs.items():
-        decoders |= find_decoders(key.removesuffix("_dir"), folder)
+        if not (Path(folder) / "unavailable.json").is_file():  # e.g. one-subject datasets
+            decoders |= find_decoders(key.removesuffix("_dir"), folder)
     zero_shot = ZeroShot(read_stimuli(data_dir), FeatureStore(features_dir))
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, folder in decoders.items():

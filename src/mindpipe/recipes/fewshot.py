@@ -10,6 +10,7 @@ retrieval protocol. A curve repeats the comparison at several fractions.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from mindpipe.features.store import FeatureStore
 from mindpipe.io.betas import SubjectBetas
 from mindpipe.recipes.contrastive import predict
 from mindpipe.recipes.litemind import TargetSpace, clip_targets
+from mindpipe.utils import write_json
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 Pair = tuple[np.ndarray, np.ndarray]  # (voxels (n, V), standardised targets (n, T, D))
@@ -56,8 +60,18 @@ class FewShotParams:
         return tuple(sorted({self.fraction, *self.curve}))
 
 
+def unavailable(out_dir: Path, stage: str, reason: str) -> dict[str, float]:
+    """Record why the stage cannot run on this dataset (a one-subject release, betas without
+    anatomy) and write nothing else: evaluate skips it, the runner registers no model."""
+    logger.warning("%s skipped: %s", stage, reason)
+    write_json(Path(out_dir) / "unavailable.json", {"available": False, "reason": reason})
+    (Path(out_dir) / "results.md").write_text(f"# {stage}: not run\n\n{reason}.\n")
+    return {"available": 0.0}
+
+
 def pick_holdout(subjects: list[str], holdout: str | None) -> tuple[str, list[str]]:
-    """``(held-out subject, the others)``; an unknown name lists the subjects."""
+    """``(held-out subject, the others)``; an unknown name lists the subjects. Needs at least
+    two subjects (see :func:`unavailable`)."""
     if len(subjects) < 2:
         raise DataError(f"the few-data setting needs at least 2 subjects; found {subjects}")
     if holdout is None:

@@ -124,9 +124,13 @@ def train_mindtuner(
     params: MindTunerParams,
     base: BaseParams,
 ) -> dict[str, float]:
+    subjects = list_subjects(betas_dir)
+    if len(subjects) < 2:
+        reason = f"pretraining on other subjects needs at least 2 subjects; found {subjects}"
+        return fewshot.unavailable(out_dir, "mindtuner", reason)
     store = FeatureStore(features_dir)
     device = resolve_device(params.device)
-    new, others = fewshot.pick_holdout(list_subjects(betas_dir), params.fewshot.holdout)
+    new, others = fewshot.pick_holdout(subjects, params.fewshot.holdout)
     lite_config, target = litemind_config(litemind_dir, new)
     betas = {s: load_betas(betas_dir, s) for s in [*others, new]}
     if lite_config.n_voxels != betas[new].n_voxels:
@@ -154,7 +158,8 @@ def train_mindtuner(
         report_as="pretrain.val_top1",
     )
     save_checkpoint(out_dir / "models" / "pretrained", pretrained, target=target)
-    metrics = {"pretrain.val_top1": pre.val_top1, "pretrain.best_epoch": pre.best_epoch}
+    metrics = {"available": 1.0, "pretrain.val_top1": pre.val_top1}
+    metrics["pretrain.best_epoch"] = pre.best_epoch
 
     def build(name: str) -> torch.nn.Module:
         torch.manual_seed(base.seed)

@@ -106,6 +106,18 @@ def aligned_betas(aligned_dir: Path, subjects: list[str]) -> dict[str, SubjectBe
     return out
 
 
+def _unaligned(aligned_dir: Path, subjects: list[str]) -> str | None:
+    """Why Wills cannot run on this dataset, or None: one subject, or no alignment (the align
+    stage records why, e.g. betas imported without anatomy)."""
+    if len(subjects) < 2:
+        return f"one model for several subjects needs at least 2 subjects; found {subjects}"
+    path = aligned_dir / "alignment.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if not record.get("available", True):
+        return f"the align stage did not align these subjects: {record['reason']}"
+    return None
+
+
 def padded(sb: SubjectBetas, width: int) -> dict[str, np.ndarray]:
     """A subject's own voxels, zero-padded on the right to ``width`` columns."""
     return {
@@ -123,9 +135,12 @@ def train_wills(
     params: WillsParams,
     base: BaseParams,
 ) -> dict[str, float]:
+    subjects = list_subjects(betas_dir)
+    reason = _unaligned(Path(aligned_dir), subjects)
+    if reason:
+        return fewshot.unavailable(out_dir, "wills", reason)
     store = FeatureStore(features_dir)
     device = resolve_device(params.device)
-    subjects = list_subjects(betas_dir)
     new, others = fewshot.pick_holdout(subjects, params.fewshot.holdout)
     native = {s: load_betas(betas_dir, s) for s in subjects}
     aligned = aligned_betas(aligned_dir, subjects)
@@ -194,7 +209,8 @@ def train_wills(
         f"Wills Aligner: held-out {new}",
     )
     _write_results(out_dir / "results.md", new, params, table, curves, n_train, width)
-    metrics: dict[str, float] = {"template_voxels": aligned[new].n_voxels, "padded_voxels": width}
+    metrics: dict[str, float] = {"available": 1.0, "padded_voxels": width}
+    metrics["template_voxels"] = aligned[new].n_voxels
     for name, row in table.items():
         metrics |= {f"{name}.{k}": v for k, v in row.items()}
     metrics |= fewshot.curve_metrics(curves, params.fewshot.fractions)
