@@ -36,14 +36,20 @@ def load_checkpoint(folder: str | Path, model_cls: type[M], config_cls: type, wh
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).is_file():
             raise MissingWeightsError(f"{what} folder '{folder}' has no {name}")
-    raw = json.loads((folder / "config.json").read_text())
+    model = model_cls(read_config(folder / "config.json", config_cls)[0])
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model
+
+
+def read_config(path: Path, config_cls: type) -> tuple[Any, dict[str, Any]]:
+    """The ``config_cls`` in a ``config.json`` written by :func:`save_checkpoint` (JSON's lists
+    turned back into tuples), and the file's whole content (the ``extra`` fields too)."""
+    raw = json.loads(Path(path).read_text())
     fields = {f.name for f in dataclasses.fields(config_cls)}
     config = config_cls(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
     )
-    model = model_cls(config)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return model
+    return config, raw
 
 
 def require_local_weights(folder: Path, marker: str, what: str, param: str) -> None:

@@ -10,6 +10,7 @@ retrieval protocol. A curve repeats the comparison at several fractions.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -22,8 +23,9 @@ from mindpipe.evaluate.retrieval import cosine_similarity, retrieval_top1
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.features.store import FeatureStore
 from mindpipe.io.betas import SubjectBetas
-from mindpipe.recipes.contrastive import predict
+from mindpipe.recipes.contrastive import SubjectView, predict, resolve_device, val_top1
 from mindpipe.recipes.litemind import TargetSpace, clip_targets
+from mindpipe.stages import ModelCard
 from mindpipe.utils import write_json
 
 logger = logging.getLogger(__name__)
@@ -100,11 +102,31 @@ def subject_pairs(
     return {s: (voxels[s], space.encode(clip_targets(store, sb.stim[s], target))) for s in SPLITS}
 
 
-def test_scores(model: torch.nn.Module, test: Pair, device: torch.device) -> dict[str, float]:
-    """MindEye2's top-1 retrieval among 300 test images (30 random batches), both directions."""
-    decoded = predict(model, test[0], device)
+def test_scores(decoded: np.ndarray, test: Pair) -> dict[str, float]:
+    """MindEye2's top-1 retrieval among 300 test images (30 random batches), both directions,
+    of the decoded test rows."""
     result = retrieval_top1(cosine_similarity(decoded, test[1].reshape(len(test[1]), -1)))
     return {k: result[k] for k in ("brain_to_image", "image_to_brain", "chance")}
+
+
+def score_saved(
+    model: torch.nn.Module,
+    subject: str,
+    sb: SubjectBetas,
+    model_dir: Path,
+    features_dir: Path,
+    device_name: str,
+) -> ModelCard:
+    """A saved few-data model's validation top-1 on its held-out subject (the score its epoch
+    was chosen on), from the target space and target saved beside it."""
+    space = TargetSpace.load(Path(model_dir) / "target_stats.npz")
+    target = json.loads((Path(model_dir) / "config.json").read_text())["target"]
+    val = subject_pairs(sb, FeatureStore(features_dir), space, target)["val"]
+    view = SubjectView(model, subject)
+    device = resolve_device(device_name)
+    example = np.asarray(val[0][:2], dtype=np.float32)
+    score = val_top1(view.to(device), *val, device)
+    return ModelCard(view, {"val_top1": score}, example, predict(view, example, device))
 
 
 def save_decoder_predictions(

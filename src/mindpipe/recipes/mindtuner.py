@@ -24,7 +24,6 @@ predictions at ``fewshot.fraction`` under ``<model>/predictions/`` (the evaluate
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from mindpipe.evaluate.retrieval import cosine_similarity
 from mindpipe.exceptions import DataError, ParamsError
 from mindpipe.features.store import FeatureStore
 from mindpipe.io.betas import list_subjects, load_betas, load_stimuli
-from mindpipe.models.checkpoint import load_checkpoint, save_checkpoint
+from mindpipe.models.checkpoint import load_checkpoint, read_config, save_checkpoint
 from mindpipe.models.litemind import LiteMind, LiteMindConfig
 from mindpipe.models.losses import logits_loss
 from mindpipe.models.mindtuner import MindTuner, MindTunerConfig, adapt
@@ -49,9 +48,7 @@ from mindpipe.recipes.contrastive import (
     fit_subjects,
     predict,
     resolve_device,
-    val_top1,
 )
-from mindpipe.recipes.litemind import TargetSpace
 from mindpipe.stages import ModelCard
 from mindpipe.utils import progress
 
@@ -107,11 +104,7 @@ def litemind_config(litemind_dir: Path, subject: str) -> tuple[LiteMindConfig, s
     path = Path(litemind_dir) / "litemind" / "models" / subject / "config.json"
     if not path.is_file():
         raise DataError(f"Lite-Mind config not found: '{path}'; run the litemind stage first")
-    raw = json.loads(path.read_text())
-    fields = {f.name for f in dataclasses.fields(LiteMindConfig)}
-    config = LiteMindConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
-    )
+    config, raw = read_config(path, LiteMindConfig)
     return config, raw["target"]
 
 
@@ -181,12 +174,12 @@ def train_mindtuner(
             view, result = _fit(
                 model, name, new, trials, pairs[new]["val"], params, device, base, fraction
             )
-            scores = fewshot.test_scores(view, pairs[new]["test"], device)
+            decoded = predict(view, pairs[new]["test"][0], device)
+            scores = fewshot.test_scores(decoded, pairs[new]["test"])
             curves[name].append(scores["brain_to_image"])
             if fraction != params.fewshot.fraction:
                 continue
             table[name] = _summary(model, scores, result, frozen, len(trials[0]))
-            decoded = predict(view, pairs[new]["test"][0], device)
             fewshot.save_decoder_predictions(
                 out_dir / name,
                 new,
@@ -401,12 +394,6 @@ def score_saved_mindtuner(
     chosen on). ``litemind_dir`` is unused: the scorer takes the stage's inputs."""
     model = load_checkpoint(Path(model_dir), MindTuner, MindTunerConfig, "MindTuner")
     subject = model.config.adapted_subject
-    space = TargetSpace.load(Path(model_dir) / "target_stats.npz")
-    target = json.loads((Path(model_dir) / "config.json").read_text())["target"]
-    sb = load_betas(betas_dir, subject)
-    val = fewshot.subject_pairs(sb, FeatureStore(features_dir), space, target)["val"]
-    view = SubjectView(model, subject)
-    device = resolve_device(params.device)
-    example = np.asarray(val[0][:2], dtype=np.float32)
-    score = val_top1(view.to(device), *val, device)
-    return ModelCard(view, {"val_top1": score}, example, predict(view, example, device))
+    return fewshot.score_saved(
+        model, subject, load_betas(betas_dir, subject), model_dir, features_dir, params.device
+    )

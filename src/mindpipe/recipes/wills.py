@@ -45,9 +45,8 @@ from mindpipe.recipes.contrastive import (
     fit_subjects,
     predict,
     resolve_device,
-    val_top1,
 )
-from mindpipe.recipes.litemind import TARGETS, TargetSpace
+from mindpipe.recipes.litemind import TARGETS
 from mindpipe.stages import ModelCard
 from mindpipe.utils import progress
 
@@ -173,7 +172,8 @@ def train_wills(
             for has_experts, (model, result) in runs.items():
                 name = next(k for k, v in VARIANTS.items() if v == (is_aligned, has_experts))
                 view = SubjectView(model, new)
-                scores = fewshot.test_scores(view, pairs[new]["test"], device)
+                decoded = predict(view, pairs[new]["test"][0], device)
+                scores = fewshot.test_scores(decoded, pairs[new]["test"])
                 curves[name].append(scores["brain_to_image"])
                 if fraction != params.fewshot.fraction:
                     continue
@@ -189,7 +189,7 @@ def train_wills(
                     out_dir / name,
                     new,
                     native[new].stim["test"],
-                    predict(view, pairs[new]["test"][0], device),
+                    decoded,
                     pairs[new]["test"],
                     space,
                     store.image_pooled(native[new].stim["test"]),
@@ -292,12 +292,6 @@ def score_saved_wills(
 ) -> ModelCard:
     """The saved model's validation top-1 on its held-out subject (its selection score)."""
     model = load_checkpoint(Path(model_dir), Wills, WillsConfig, "Wills Aligner")
-    info = json.loads((Path(model_dir) / "config.json").read_text())
-    space = TargetSpace.load(Path(model_dir) / "target_stats.npz")
-    sb = aligned_betas(aligned_dir, [info["holdout"]])[info["holdout"]]
-    val = fewshot.subject_pairs(sb, FeatureStore(features_dir), space, info["target"])["val"]
-    view = SubjectView(model, info["holdout"])
-    device = resolve_device(params.device)
-    example = np.asarray(val[0][:2], dtype=np.float32)
-    score = val_top1(view.to(device), *val, device)
-    return ModelCard(view, {"val_top1": score}, example, predict(view, example, device))
+    subject = json.loads((Path(model_dir) / "config.json").read_text())["holdout"]
+    sb = aligned_betas(aligned_dir, [subject])[subject]
+    return fewshot.score_saved(model, subject, sb, model_dir, features_dir, params.device)
