@@ -99,17 +99,40 @@ def test_reconstruction_table_scores_exact_and_shuffled_reconstructions(twin_tin
     (tmp_path / "recon" / "exact").mkdir(parents=True)
     np.savez(tmp_path / "recon/exact/sub-01.npz", stim_id=test["stim_id"], images=truth)
     params = EvaluateParams(image_extractors=("alexnet2",), device="cpu")
-    scores, pretrained = score_reconstructions(twin_tiny, tmp_path, params)
+    (tmp_path / "fewshot" / "one_subject").mkdir(parents=True)
+    np.savez(tmp_path / "fewshot/one_subject/sub-02.npz", stim_id=test["stim_id"], images=truth)
+    folders = [tmp_path / "recon", tmp_path / "fewshot"]
+    scores, pretrained = score_reconstructions(twin_tiny, folders, params)
     exact, control = scores["exact"]["sub-01"], scores["exact_shuffled"]["sub-01"]
     assert exact["pixcorr"] == pytest.approx(1.0) and exact["ssim"] == pytest.approx(1.0)
     assert exact["alexnet2"] == 1.0
     assert control["alexnet2"] < 0.8 and control["pixcorr"] < 0.5
     summary = _image_summary(scores, pretrained)
     assert all(re.fullmatch(r"[\w\-. :/]+", key) for key in summary)  # valid MLflow names
-    table = _image_markdown(summary)
+    table = _image_markdown(summary, scores)
     assert "| exact | 1.000 | 1.000 | 1.000 |" in table
+    assert "| one_subject (sub-02) | 1.000 |" in table  # scored on fewer subjects: named
     assert "| exact (shuffled) |" in table
     assert "seed-0 random networks" in table  # the fallback is stated, not hidden
+
+
+def test_two_reconstruct_stages_writing_one_source_is_an_error(twin_tiny, tmp_path):
+    from mindpipe.evaluate.report import EvaluateParams, score_reconstructions
+    from mindpipe.exceptions import DataError
+    from mindpipe.io import read_stimuli
+    from mindpipe.io.images import load_images
+
+    test = read_stimuli(twin_tiny).query("split == 'test'").head(4)
+    for stage in ("a", "b"):
+        (tmp_path / stage / "litemind").mkdir(parents=True)
+        np.savez(
+            tmp_path / stage / "litemind/sub-01.npz",
+            stim_id=test["stim_id"],
+            images=load_images(twin_tiny, test),
+        )
+    params = EvaluateParams(image_extractors=(), device="cpu")
+    with pytest.raises(DataError, match="'litemind'"):
+        score_reconstructions(twin_tiny, [tmp_path / "a", tmp_path / "b"], params)
 
 
 def test_a_weights_folder_without_the_network_is_an_error(twin_tiny, tmp_path):

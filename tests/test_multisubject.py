@@ -4,6 +4,7 @@ their stages on the tiny twin."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -11,9 +12,14 @@ import pytest
 import torch
 
 from mindpipe.cli import main
+from mindpipe.evaluate.retrieval import cosine_similarity
 from mindpipe.models.mindtuner import MindTuner, MindTunerConfig, adapt
 from mindpipe.models.wills import Wills, WillsConfig
-from mindpipe.recipes.contrastive import TrainConfig, fit_subjects
+from mindpipe.recipes.contrastive import SubjectView, TrainConfig, fit_subjects, predict
+
+MINDTUNER_MODELS = ("mindtuner", "mindtuner_lora_only", "mindtuner_scratch", "litemind_scratch")
+WILLS_MODELS = ("wills", "wills_no_experts", "wills_no_alignment", "wills_neither")
+CPU = torch.device("cpu")
 
 
 def pretrained_mindtuner() -> MindTuner:
@@ -29,6 +35,79 @@ def toy_subject(n_voxels: int, n: int = 48, seed: int = 0) -> tuple[np.ndarray, 
     mixing = rng.normal(size=(16, n_voxels))
     voxels = target.reshape(n, -1) @ mixing + 0.1 * rng.normal(size=(n, n_voxels))
     return voxels.astype(np.float32), target
+
+
+class SharedWorld:
+    """Subjects who see the same kind of stimuli: an 8-d latent per trial, a fixed nonlinear
+    map from it to the (2, 8) CLIP-like target that every subject shares, and per subject a
+    linear read-out of the latent into its voxels, plus noise."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.hidden, self.head = rng.normal(size=(8, 32)), rng.normal(size=(32, 16)) / 32**0.5
+
+    def subject(self, mixing: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        latent = rng.normal(size=(n, 8))
+        target = (np.tanh(latent @ self.hidden) @ self.head).reshape(n, 2, 8)
+        voxels = latent @ mixing + 0.5 * rng.normal(size=(n, mixing.shape[1]))
+        return voxels.astype(np.float32), target.astype(np.float32)
+
+
+def top1_on(model, subject: str, test: tuple[np.ndarray, np.ndarray]) -> float:
+    """Top-1 retrieval of the test targets from the decoded rows (chance 1 / len(test))."""
+    decoded = predict(SubjectView(model, subject), test[0], torch.device("cpu"))
+    similarity = cosine_similarity(decoded.reshape(len(decoded), -1), test[1].reshape(64, -1))
+    return float(np.mean(similarity.argmax(axis=1) == np.arange(len(similarity))))
+
+
+def test_adapters_alone_decode_a_new_subject_from_24_trials():
+    world, rng = SharedWorld(), np.random.default_rng(1)
+    mixing = {s: rng.normal(size=(8, v)) for s, v in (("a", 30), ("b", 40), ("new", 36))}
+    train = {s: world.subject(m, 400, i) for i, (s, m) in enumerate(mixing.items())}
+    val = {s: world.subject(m, 32, 10 + i) for i, (s, m) in enumerate(mixing.items())}
+    test = world.subject(mixing["new"], 64, 20)
+    torch.manual_seed(0)
+    model = MindTuner(MindTunerConfig(("a", "b"), (30, 40), embed_dim=8, n_tokens=2, hidden=32))
+    config = TrainConfig(epochs=20, batch_size=32, loss="mixco_softclip")
+    pretrain = {s: train[s] for s in "ab"}
+    fit_subjects(model, pretrain, {s: val[s] for s in "ab"}, config, CPU, 0, report_as="p")
+    model = adapt(model, "new", 36, rank=4)
+    few = {"new": (train["new"][0][:24], train["new"][1][:24])}
+    config = TrainConfig(epochs=30, batch_size=16, loss="mixco_softclip")
+    fit_subjects(
+        model, few, {"new": val["new"]}, config, CPU, 0, report_as="f", regulariser_weight=1.5
+    )
+    # measured 0.20 (chance 1/64 = 0.016); only the input map and the adapters trained
+    assert top1_on(model, "new", test) > 6 / 64
+
+
+def test_wills_transfers_to_a_new_subject_through_the_template_space_only():
+    """Same network and budget on the same trials; only the voxel spaces differ: one template
+    space shared by every subject (aligned), or each subject's own voxel order (native)."""
+    world, mixing = SharedWorld(), np.random.default_rng(2).normal(size=(8, 36))
+
+    def new_subject_top1(aligned: bool) -> float:
+        train, val, test = {}, {}, {}
+        for i, s in enumerate(("a", "b", "new")):
+            order = np.arange(36) if aligned else np.random.default_rng(50 + i).permutation(36)
+            train[s] = world.subject(mixing[:, order], 200 if s != "new" else 24, i)
+            val[s] = world.subject(mixing[:, order], 32, 10 + i)
+            test[s] = world.subject(mixing[:, order], 64, 20 + i)
+        torch.manual_seed(0)
+        model = Wills(
+            WillsConfig(
+                36, 8, n_tokens=2, hidden=32, subjects=tuple(train), n_experts=2, expert_dim=4
+            )
+        )
+        for stage, epochs in ((1, 8), (2, 3)):  # shared network, then experts and router
+            model.train_stage(stage)
+            config = TrainConfig(epochs=epochs, batch_size=48, loss="mixco_softclip")
+            fit_subjects(model, train, val, config, CPU, 0, report_as=f"stage{stage}")
+        return top1_on(model, "new", test["new"])
+
+    aligned, native = new_subject_top1(True), new_subject_top1(False)
+    assert aligned > native + 0.15 and aligned > 8 / 64  # measured 0.30 against 0.03
 
 
 def test_adapters_start_as_the_pretrained_model_and_only_they_train():
@@ -114,13 +193,7 @@ def test_brain_experts_start_silent_and_the_two_stages_train_disjoint_parts():
 
 @pytest.mark.slow
 def test_multisubject_stages_write_their_comparisons(tiny_run):
-    for stage, models in [
-        (
-            "mindtuner",
-            ("mindtuner", "mindtuner_lora_only", "mindtuner_scratch", "litemind_scratch"),
-        ),
-        ("wills", ("wills", "wills_no_experts", "wills_no_alignment", "wills_neither")),
-    ]:
+    for stage, models in [("mindtuner", MINDTUNER_MODELS), ("wills", WILLS_MODELS)]:
         folder = tiny_run / "artifacts" / stage
         metrics = json.loads((folder / "metrics.json").read_text())
         for name in models:
@@ -136,6 +209,75 @@ def test_multisubject_stages_write_their_comparisons(tiny_run):
     assert m["mindtuner.trainable_params"] < m["mindtuner.total_params"] / 2
     assert m["mindtuner_scratch.trainable_params"] == m["mindtuner_scratch.total_params"]
     assert 0 <= m["pivot.caption_top1"] <= 1 and 0 < m["pivot.chance"] < 1
+
+
+FEWSHOT_DECODERS = (*MINDTUNER_MODELS, *WILLS_MODELS)
+
+
+@pytest.mark.slow
+def test_few_data_decoders_are_reconstructed_from_ablurry_start_on_their_own_trials(tiny_run):
+    folder = tiny_run / "artifacts/reconstruct_fewshot"
+    m = json.loads((folder / "metrics.json").read_text())
+    trials = json.loads((tiny_run / "artifacts/mindtuner/metrics.json").read_text())[
+        "mindtuner.trials"
+    ]
+    blurry = f"blurry_{trials}trials"  # fitted on the decoders' slice, not every trial
+    test_ids = np.load(tiny_run / "artifacts/preprocess/sub-04/stim_test.npy")
+    for source in (*FEWSHOT_DECODERS, blurry):
+        with np.load(folder / "recon" / source / "sub-04.npz") as npz:
+            assert np.array_equal(npz["stim_id"], test_ids)
+            assert npz["images"].shape == (len(test_ids), 32, 32, 3)
+        assert m[f"{source}.trials"] == trials
+        assert 0 <= m[f"{source}.ssim"] <= 1
+    assert (folder / "plots/grid.png").stat().st_size > 0
+    assert (
+        "| litemind (sub-04, every trial; reconstruct stage) |"
+        in (folder / "results.md").read_text()
+    )
+    report = (tiny_run / "artifacts/evaluate/report.md").read_text()
+    assert "| wills (sub-04) |" in report and f"| {blurry} (sub-04) (shuffled) |" in report
+    assert "| litemind |" in report  # the reconstruct stage's rows keep their labels
+
+
+def test_the_blurry_start_sees_only_the_first_trials(tiny_run, twin_tiny, tmp_path):
+    from mindpipe.io import read_stimuli
+    from mindpipe.io.betas import load_betas
+    from mindpipe.io.images import load_images
+    from mindpipe.recipes.reconstruct import ReconstructParams, stimulus_thumbnails
+    from mindpipe.recipes.reconstruct_fewshot import blurry_start
+
+    betas = tmp_path / "preprocess"
+    shutil.copytree(tiny_run / "artifacts/preprocess", betas)
+    stimuli = read_stimuli(twin_tiny)
+    thumbnails = stimulus_thumbnails(load_images(twin_tiny, stimuli), stimuli, 8)
+    ids = load_betas(betas, "sub-04").stim["test"]
+    params = ReconstructParams()
+    _, before = blurry_start(betas, "sub-04", 12, ids, thumbnails, params)
+    later = np.load(betas / "sub-04/betas_train.npy")
+    later[12:] = np.random.default_rng(0).normal(size=later[12:].shape)
+    np.save(betas / "sub-04/betas_train.npy", later)
+    name, after = blurry_start(betas, "sub-04", 12, ids, thumbnails, params)
+    assert name == "blurry_12trials"
+    assert torch.equal(before, after)
+    _, every_trial = blurry_start(betas, "sub-04", len(later), ids, thumbnails, params)
+    assert not torch.equal(before, every_trial)
+
+
+def test_reconstruct_fewshot_needs_the_generator_s_saved_sampler(tiny_run, tmp_path, capsys):
+    shutil.copytree(tiny_run / "artifacts", tmp_path / "artifacts")
+    shutil.copy(tiny_run / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "artifacts/reconstruct/model/reconstruct_params.json").unlink()
+    shutil.rmtree(tmp_path / "artifacts/reconstruct_fewshot")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["stage", "reconstruct_fewshot"]) != 0
+    finally:
+        os.chdir(cwd)
+    assert "reconstruct_params.json' is missing: rerun the reconstruct stage" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "artifacts/reconstruct_fewshot").exists()
 
 
 def test_wills_names_a_subject_missing_from_the_alignment(tiny_run, tmp_path, monkeypatch, capsys):

@@ -38,6 +38,7 @@ DECODING = (
     "mindtuner",
     "wills",
     "reconstruct",
+    "reconstruct_fewshot",
     "evaluate",
 )
 FAST = {  # the tiny presets, trimmed further (each section replaces params.yaml's whole)
@@ -86,6 +87,7 @@ def _check_decoding_outputs(n_subjects: int = 1, anatomy: bool = False) -> dict[
     for stage in ("mindtuner", "wills"):  # one subject: no other subjects to learn from
         assert _metrics(stage) == {"available": 0.0}
         assert "at least 2 subjects" in Path(f"artifacts/{stage}/results.md").read_text()
+    assert _metrics("reconstruct_fewshot") == {"available": 0.0}  # so nothing to render
     metrics = _metrics("evaluate")
     for key in ("ridge.brain_to_image", "litemind.brain_to_image", "mindeye_mlp.image_to_brain"):
         assert math.isfinite(metrics[key]), key

@@ -180,7 +180,8 @@ def test_stage_writes_reconstructions_grid_and_metrics(twin_tiny, tiny_split, tm
             assert npz["images"].shape == (n_test, size, size, 3)
             assert npz["images"].dtype == np.uint8
     with Image.open(stage["out_dir"] / "plots" / "grid.png") as grid:
-        assert grid.size[0] == 4 * 66 + 2 and grid.size[1] == 4 * 66 + 2  # 4 columns, 4 rows
+        assert grid.size[1] == 4 * 66 + 2  # 4 rows (of 4 columns)
+        assert grid.size[0] > 4 * 66 + 2  # and a margin with the rows' labels
     assert (stage["out_dir"] / "model" / "model.safetensors").is_file()
     for key in ("ceiling.pixcorr", "ceiling.ssim_shuffled", "litemind.sub-01.pixcorr"):
         assert np.isfinite(metrics[key]), key

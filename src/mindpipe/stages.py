@@ -244,6 +244,25 @@ STAGES: tuple[Stage, ...] = (
         resources=Resources(cpu="4", memory="16Gi", gpu=1),
     ),
     Stage(
+        name="reconstruct_fewshot",
+        description="Reconstructions from the few-data decoders (MindTuner, Wills) of the "
+        "held-out subject with the reconstruct stage's generator, starting from a blurry "
+        "decode fitted on the same first trials (PixCorr, SSIM).",
+        func="mindpipe.recipes.reconstruct_fewshot:reconstruct_fewshot",
+        params_cls="mindpipe.recipes.reconstruct_fewshot:ReconstructFewShotParams",
+        inputs={
+            "data_dir": DATA,
+            "betas_dir": "preprocess",
+            "features_dir": "features",
+            "reconstruct_dir": "reconstruct",
+            "mindtuner_dir": "mindtuner",
+            "wills_dir": "wills",
+        },
+        code=("models", "recipes"),
+        plots=("plots/grid.png",),
+        resources=Resources(cpu="4", memory="16Gi", gpu=1),
+    ),
+    Stage(
         name="evaluate",
         description="Top-1 retrieval among 300 (both directions) and zero-shot for every "
         "decoder, as a ratio to the oracle; MindEye2's image metrics of the reconstructions; "
@@ -259,6 +278,7 @@ STAGES: tuple[Stage, ...] = (
             "wills_dir": "wills",
             "oracle_dir": "oracle",
             "reconstruct_dir": "reconstruct",
+            "reconstruct_fewshot_dir": "reconstruct_fewshot",
         },
         code=("evaluate",),
         plots=("plots/retrieval.png",),

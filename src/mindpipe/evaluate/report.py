@@ -57,6 +57,7 @@ def evaluate(
     params: EvaluateParams,
     base: BaseParams,
     reconstruct_dir: Path | None = None,
+    reconstruct_fewshot_dir: Path | None = None,
     **stage_dirs: Path,
 ) -> dict[str, float]:
     """Retrieval (and zero-shot) for each decoder and subject, means, and ratios to the oracle.
@@ -65,6 +66,7 @@ def evaluate(
     wires in; every decoder found there (see ``find_decoders``) is scored the same way.
     Decoders whose embeddings live in the cached CLIP space are also scored on zero-shot
     classification of the held-out categories' test images against the category prompts.
+    The reconstructions of both reconstruct stages get MindEye2's image metrics.
     """
     decoders: dict[str, Path] = {}
     for key, folder in stage_dirs.items():
@@ -88,17 +90,23 @@ def evaluate(
         }
     metrics = _summarise(results)
     images: dict[str, dict[str, dict[str, float]]] = {}
-    if reconstruct_dir is not None:
-        images, pretrained = score_reconstructions(data_dir, Path(reconstruct_dir), params)
+    recon_dirs = [
+        Path(folder) / "recon"
+        for folder in (reconstruct_dir, reconstruct_fewshot_dir)
+        if folder is not None and not (Path(folder) / "unavailable.json").is_file()
+    ]
+    if recon_dirs:
+        images, pretrained = score_reconstructions(data_dir, recon_dirs, params)
         metrics |= _image_summary(images, pretrained)
     write_json(out_dir / "results.json", {"retrieval": results, "images": images})
-    (out_dir / "report.md").write_text(_markdown(metrics, results) + _image_markdown(metrics))
+    report = _markdown(metrics, results) + _image_markdown(metrics, images)
+    (out_dir / "report.md").write_text(report)
     _plot(results, out_dir / "plots" / "retrieval.png")
     return metrics
 
 
 def score_reconstructions(
-    data_dir: Path, reconstruct_dir: Path, params: EvaluateParams
+    data_dir: Path, recon_dirs: list[Path], params: EvaluateParams
 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, bool]]:
     """Image metrics per source (decoder, or the true-embedding ceiling) and subject."""
     from mindpipe.recipes.contrastive import resolve_device
@@ -111,7 +119,13 @@ def score_reconstructions(
         str(resolve_device(params.device)),
     )
     scores: dict[str, dict[str, dict[str, float]]] = {}
-    for source, per in load_reconstructions(reconstruct_dir / "recon").items():
+    found: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for folder in recon_dirs:
+        for source, per in load_reconstructions(folder).items():
+            if source in found:
+                raise DataError(f"two reconstruct stages wrote the source {source!r}")
+            found[source] = per
+    for source, per in found.items():
         # A metric means something where the source beats its shuffled-pair control.
         scores[source], scores[f"{source}{SHUFFLED}"] = {}, {}
         for subject, arrays in per.items():
@@ -143,8 +157,9 @@ IMAGE_COLUMNS = {
 }
 
 
-def _image_markdown(metrics: dict[str, float]) -> str:
-    """Reconstruction table: one row per source, MindEye2's columns that were computed."""
+def _image_markdown(metrics: dict[str, float], images: dict) -> str:
+    """Reconstruction table: one row per source, MindEye2's columns that were computed; a
+    source scored on fewer subjects than the others names them."""
     sources = sorted({k.split(".")[1] for k in metrics if k.startswith("recon.")})
     sources = [k for k in sources if not k.endswith(SHUFFLED)]
     if not sources:
@@ -157,9 +172,13 @@ def _image_markdown(metrics: dict[str, float]) -> str:
         "| source | " + " | ".join(IMAGE_COLUMNS[k] for k in keys) + " |",
         "|---|" + "---|" * len(keys),
     ]
+    everyone = max((set(per) for per in images.values()), key=len)
     for source in (name for s in sources for name in (s, f"{s}{SHUFFLED}")):
         cells = " | ".join(f"{metrics[f'recon.{source}.{k}']:.3f}" for k in keys)
-        label = source.replace(SHUFFLED, " (shuffled)")
+        label = source.removesuffix(SHUFFLED)
+        if set(images[source]) not in (everyone, {"all"}):  # "all": the ceiling's test order
+            label += f" ({', '.join(images[source])})"
+        label += " (shuffled)" if source.endswith(SHUFFLED) else ""
         lines.append(f"| {label} | {cells} |")
     fallback = sorted(
         k.rsplit(".", 1)[1]

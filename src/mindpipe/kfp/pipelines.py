@@ -37,6 +37,7 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "mindtuner",
         "wills",
         "reconstruct",
+        "reconstruct_fewshot",
         "evaluate",
     ),
     "video": (

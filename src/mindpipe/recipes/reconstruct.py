@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mindpipe.evaluate.image_metrics import pixcorr, ssim
 from mindpipe.evaluate.predictions import find_decoders, load_predictions
@@ -58,14 +59,15 @@ from mindpipe.models.unclip_sampler import (
     load_pretrained_unclip,
     sample_pretrained_unclip,
 )
-from mindpipe.params import BaseParams
+from mindpipe.params import BaseParams, parse_section, section_dict
 from mindpipe.recipes.contrastive import resolve_device
 from mindpipe.stages import ModelCard
-from mindpipe.utils import progress
+from mindpipe.utils import progress, write_json
 
 logger = logging.getLogger(__name__)
 
 BLURRY = "blurry"  # the low-level decode's own source folder and metrics prefix
+SAVED_PARAMS = "reconstruct_params.json"  # beside the generator: how it was trained and sampled
 
 #: ``render(embeddings (N, D) in CLIP units, blurry (N, 3, s, s) or None) -> uint8 images``
 Render = Callable[[np.ndarray, torch.Tensor | None], np.ndarray]
@@ -339,15 +341,26 @@ def score(recon: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
-def write_grid(path: Path, rows: list[np.ndarray], cell: int = 64, pad: int = 2) -> None:
-    """One PNG, one row per uint8 image stack (same count each), cells upscaled to ``cell`` px."""
+def write_grid(
+    path: Path,
+    rows: list[np.ndarray],
+    cell: int = 64,
+    pad: int = 2,
+    labels: list[str] | None = None,
+) -> None:
+    """One PNG, one row per uint8 image stack (same count each), cells upscaled to ``cell`` px;
+    ``labels`` name the rows in a left margin."""
     n_rows, n_cols = len(rows), len(rows[0])
     side = cell + pad
-    canvas = Image.new("RGB", (n_cols * side + pad, n_rows * side + pad), "white")
+    margin = 0 if labels is None else 8 + 6 * max(len(label) for label in labels)
+    canvas = Image.new("RGB", (margin + n_cols * side + pad, n_rows * side + pad), "white")
+    draw = ImageDraw.Draw(canvas)
     for r, stack in enumerate(rows):
+        if labels is not None:
+            draw.text((4, pad + r * side + cell // 2), labels[r], fill="black", anchor="lm")
         for c, img in enumerate(stack):
             tile = Image.fromarray(img).resize((cell, cell), Image.Resampling.NEAREST)
-            canvas.paste(tile, (pad + c * side, pad + r * side))
+            canvas.paste(tile, (margin + pad + c * side, pad + r * side))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
@@ -395,6 +408,15 @@ def score_saved_reconstruct(
     example = store.image_pooled(stimuli["stim_id"].to_numpy()[:2]).astype(np.float32)
     model = {"generator": generator, BLURRY: fits}
     return ModelCard(model, metrics, example, render(example, None))
+
+
+def load_saved_params(model_dir: Path) -> ReconstructParams:
+    """The params a saved generator was trained and sampled with (``reconstruct_fewshot``
+    renders with them, so its images compare with this stage's)."""
+    path = Path(model_dir) / SAVED_PARAMS
+    if not path.is_file():
+        raise DataError(f"'{path}' is missing: rerun the reconstruct stage")
+    return parse_section(ReconstructParams, json.loads(path.read_text()), "reconstruct")
 
 
 def decoded_embeddings(decoder_dir: Path, decoder: str) -> dict[str, dict[str, np.ndarray]]:
@@ -445,6 +467,7 @@ def reconstruct(
     )
     metrics: dict[str, float] = {"train_seconds": time.perf_counter() - start}
     save_generator(model.cpu(), out_dir / "model")
+    write_json(out_dir / "model" / SAVED_PARAMS, section_dict(params))
     model.to(device)
     small = small_generator_renderer(model, params, size, base.seed)
     metrics |= val_ceiling(small, store, data_dir, stimuli)
@@ -495,7 +518,9 @@ def reconstruct(
     k = min(params.grid_images, len(ids))
     recon, blurry_uint8 = first_recon
     write_grid(
-        out_dir / "plots" / "grid.png", [truth[:k], ceiling[:k], blurry_uint8[:k], recon[:k]]
+        out_dir / "plots" / "grid.png",
+        [truth[:k], ceiling[:k], blurry_uint8[:k], recon[:k]],
+        labels=["stimulus", "true embedding", BLURRY, params.decoder],
     )
     logger.info(
         "reconstruct: PixCorr ceiling %.3f (shuffled %.3f), %s %.3f; SSIM ceiling %.3f "
